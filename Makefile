@@ -1,0 +1,63 @@
+# pptkit: `make demo` and `make test` set everything up on a fresh machine, then run.
+# Re-running is quick: each step leaves a stamp in .venv and is skipped when up to date.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The CPU wheel of torch 2.13.0 lies on disk here. CUDA users: set TORCH_SPEC, e.g.
+#   make demo TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH_SPEC ?= torch==2.13.0
+ME_FLAGS ?= --config-settings=--global-option=--blas=openblas --config-settings=--global-option=--cpu_only
+DEMO_DIR ?= demo
+
+.PHONY: setup sysdeps minkowski test test-fast demo bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.torch: | $(PY)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_SPEC) numpy ninja
+	@touch $@
+
+$(VENV)/.sysdeps: | $(PY)
+	@# open3d needs libusb at import time; MinkowskiEngine builds against OpenBLAS.
+	@if command -v dpkg >/dev/null && ! dpkg -s libusb-1.0-0 libopenblas-dev >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq libusb-1.0-0 libopenblas-dev >/dev/null; \
+		else echo "please run: sudo apt-get install libusb-1.0-0 libopenblas-dev"; exit 1; fi; \
+	fi
+	@touch $@
+
+sysdeps: $(VENV)/.sysdeps
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.torch $(VENV)/.sysdeps
+	$(PIP) install -q -e ".[dev]"
+	@touch $@
+
+setup: $(VENV)/.installed
+
+# MinkowskiEngine 0.5.4, CPU-only (about 7 minutes the first time; pip caches the wheel).
+# CUDA build: see README ("MinkowskiEngine backend").
+$(VENV)/.minkowski: $(VENV)/.installed
+	MAX_JOBS=2 $(PIP) install -q --no-build-isolation MinkowskiEngine==0.5.4 $(ME_FLAGS)
+	@touch $@
+
+minkowski: $(VENV)/.minkowski
+
+test: setup minkowski
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+demo: setup
+	bash scripts/demo.sh $(DEMO_DIR)
+
+bench: setup minkowski
+	$(PY) benchmarks/bench_voxelize.py
+	$(PY) benchmarks/bench_sparse.py
+	$(PY) benchmarks/bench_transforms.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

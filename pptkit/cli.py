@@ -1,0 +1,114 @@
+"""The pptkit command line: parses options, then calls one function in `pptkit.stages`.
+
+Heavy imports (torch, open3d, h5py) happen inside the commands so that `--help` is instant.
+Exit codes: 0 success, 1 unexpected failure, 2 bad input or usage (one clear line).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pptkit import __version__
+from pptkit.errors import InputError
+from pptkit.progress import console, set_quiet
+
+app = typer.Typer(
+    name="pptkit",
+    help="3D representation learning on point clouds: preprocess, train and evaluate.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_verbose = False
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"pptkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="More detail; tracebacks on failure.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="Plain lines instead of live progress bars.")] = False,
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                    help="Print the version and exit.")] = None,
+) -> None:
+    global _verbose
+    _verbose = verbose
+    set_quiet(quiet)
+
+
+Seed = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same result on CPU.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace the output if it exists.")]
+
+
+@app.command()
+def synth(
+    style: Annotated[str, typer.Option(help="scannet | s3dis | structured3d | objects")],
+    out: Annotated[Path, typer.Option(help="Folder to write the raw files into.")],
+    scenes: Annotated[int, typer.Option(help="Number of scenes (or objects per class for 'objects').")] = 8,
+    seed: Seed = 0,
+    overwrite: Overwrite = False,
+) -> None:
+    """Write synthetic rooms (or objects) in a dataset's own native raw format."""
+    from pptkit.stages.synth import run_synth
+
+    run_synth(style=style, out=out, scenes=scenes, seed=seed, overwrite=overwrite)
+
+
+@app.command()
+def preprocess(
+    dataset: Annotated[str, typer.Option(help="scannet | s3dis | structured3d | pointcept | modelnet40 | scanobjectnn | ply | npy")],
+    input: Annotated[Path, typer.Option("--input", help="Folder (or file) with the raw data.")],
+    output: Annotated[Path, typer.Option("--output", help="HDF5 file to write.")],
+    split: Annotated[Optional[str], typer.Option(help="Split to take (train, val, test, …); the dataset's default when omitted.")] = None,
+    grid_size: Annotated[float, typer.Option(help="Voxel size in metres.")] = 0.02,
+    workers: Annotated[int, typer.Option(help="Processes reading scenes in parallel.")] = 1,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run without redoing finished scenes.")] = False,
+    strict: Annotated[bool, typer.Option(help="Treat repairable defects (e.g. corrupt S3DIS lines) as errors.")] = False,
+    seed: Seed = 0,
+    overwrite: Overwrite = False,
+) -> None:
+    """Read raw scans and voxelize them into one HDF5 file per split."""
+    from pptkit.stages.preprocess import PreprocessOptions, run_preprocess
+
+    run_preprocess(PreprocessOptions(
+        dataset=dataset, input=input, output=output, split=split, grid_size=grid_size,
+        workers=workers, resume=resume, strict=strict, seed=seed, overwrite=overwrite,
+        verbose=_verbose,
+    ))
+
+
+@app.command()
+def info(
+    file: Annotated[Path, typer.Argument(help="An HDF5 file written by 'pptkit preprocess'.")],
+    json: Annotated[bool, typer.Option("--json", help="Print a JSON object instead of a table.")] = False,
+) -> None:
+    """Summarise a preprocessed HDF5 file: classes, scenes, points, voxels, class counts."""
+    from pptkit.stages.info import print_info, read_info
+
+    print_info(read_info(file), as_json=json)
+
+
+def main() -> None:
+    """Entry point: run the app and map errors to exit codes (usage errors are click's, exit 2)."""
+    try:
+        app()
+    except InputError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except Exception as exc:  # noqa: BLE001 - the one place unexpected failures are reported
+        if _verbose:
+            console.print_exception()
+        else:
+            console.print(f"[bold red]unexpected error:[/] {type(exc).__name__}: {exc} "
+                          "(run with -v for a traceback)", highlight=False, soft_wrap=True)
+        sys.exit(1)

@@ -1,0 +1,52 @@
+"""Atomic output: write under a temporary name in the same folder, rename when complete."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pptkit.errors import InputError
+
+
+def check_output(path: str | Path, overwrite: bool) -> Path:
+    """Refuse an existing output unless `overwrite` is set; make sure its folder exists."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise InputError("output already exists (pass --overwrite to replace it)", path)
+    if path.parent != Path("") and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def temporary_name(path: str | Path) -> Path:
+    """The in-progress name used for `path` (same folder, so the rename is atomic)."""
+    path = Path(path)
+    return path.with_name(path.name + ".tmp")
+
+
+@contextmanager
+def atomic_path(path: str | Path, keep_partial: bool = False) -> Iterator[Path]:
+    """Yield a temporary path; on success rename it to `path`, on failure remove it.
+
+    With `keep_partial` the temporary file survives a failure or Ctrl-C, which is what
+    resumable jobs (``preprocess --resume``) continue from.
+    """
+    path = Path(path)
+    tmp = temporary_name(path)
+    try:
+        yield tmp
+    except BaseException:
+        if not keep_partial:
+            _remove(tmp)
+        raise
+    os.replace(tmp, path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()

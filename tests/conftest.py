@@ -1,0 +1,27 @@
+"""Shared fixtures: where the real-data samples live, and a CLI runner."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_sample(name: str) -> Path:
+    """Path of a real-data sample under ../shared/data, or skip the test with the reason."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"real-data sample {path} is absent (see ../shared/data/README.md)")
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `pptkit ARGS` in a subprocess, capturing output; never raises on failure."""
+    return subprocess.run(
+        [sys.executable, "-c", "from pptkit.cli import main; main()", "--quiet", *map(str, args)],
+        capture_output=True, text=True, cwd=cwd,
+    )
