@@ -17,7 +17,6 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.torch: | $(PY)
-	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_SPEC) numpy ninja
 	@touch $@
 
