@@ -1,0 +1,44 @@
+"""Checkpoints: plain tensors and containers only, written atomically, read with weights_only."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pptkit.errors import InputError
+from pptkit.fileio import temporary_name
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write `state` to `path` under a temporary name, then rename (a crash never leaves half a file)."""
+    path = Path(path)
+    tmp = temporary_name(path)
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint without unpickling arbitrary objects (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("checkpoint not found", path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to read is bad input here
+        raise InputError(f"not a readable pptkit checkpoint ({type(exc).__name__}: {exc})", path)
+
+
+def find_checkpoint(path: str | Path, prefer: tuple[str, ...] = ("best.pt", "last.pt")) -> Path:
+    """A checkpoint file itself, or the preferred one inside a run folder."""
+    path = Path(path)
+    if path.is_dir():
+        for name in prefer:
+            if (path / name).is_file():
+                return path / name
+        raise InputError(f"no checkpoint ({' or '.join(prefer)}) in run folder", path)
+    if not path.exists():
+        raise InputError("checkpoint or run folder not found", path)
+    return path
