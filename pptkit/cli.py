@@ -98,6 +98,53 @@ def info(
     print_info(read_info(file), as_json=json)
 
 
+Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="More detail; tracebacks on failure.")]
+Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")]
+
+
+@app.command("joint-train")
+def joint_train(
+    data: Annotated[list[str], typer.Option("--data", help="Training set as NAME=PATH.h5 (repeat per dataset).")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder (config, metrics, checkpoints).")],
+    recipe: Annotated[Optional[Path], typer.Option("--recipe", help="TOML recipe from recipes/.")] = None,
+    val: Annotated[Optional[list[str]], typer.Option("--val", help="Validation set as NAME=PATH.h5.")] = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR/last.pt.")] = False,
+    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe field: key.path=value.")] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Point Prompt Training: one sparse UNet on several datasets with domain prompts and PDNorm."""
+    global _verbose
+    _verbose = _verbose or verbose
+    from pptkit.stages.joint_train import JointTrainOptions, run_joint_train
+
+    run_joint_train(JointTrainOptions(
+        recipe=recipe, data=data, val=val or [], out=out, seed=seed, device=device, resume=resume,
+        overrides=overrides or [], verbose=_verbose,
+    ))
+
+
+@app.command("eval")
+def evaluate(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Run folder (best.pt, else last.pt) or a .pt file.")],
+    data: Annotated[list[str], typer.Option("--data", help="Dataset to score as NAME=PATH.h5 (repeatable).")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="results.json path (default RUN_DIR/eval/results.json).")] = None,
+    tta: Annotated[bool, typer.Option("--tta", help="Test-time augmentation: rotations x scales x flip, votes per point.")] = False,
+    export_ply: Annotated[Optional[Path], typer.Option("--export-ply", help="Write a coloured prediction PLY per scene here.")] = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    verbose: Verbose = False,
+) -> None:
+    """Score a trained model per dataset: mIoU, mAcc, OA and per-class IoU on every original point."""
+    global _verbose
+    _verbose = _verbose or verbose
+    from pptkit.stages.evaluate import EvalOptions, run_eval
+
+    run_eval(EvalOptions(checkpoint=checkpoint, data=data, out=out, tta=tta, export_ply=export_ply,
+                         device=device, seed=seed, verbose=_verbose))
+
+
 def main() -> None:
     """Entry point: run the app and map errors to exit codes (usage errors are click's, exit 2)."""
     try:

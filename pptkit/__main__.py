@@ -1,0 +1,5 @@
+"""`python -m pptkit` (and `torchrun -m pptkit ...`) run the CLI."""
+
+from pptkit.cli import main
+
+main()

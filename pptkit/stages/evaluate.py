@@ -1,0 +1,94 @@
+"""`pptkit eval`: per-dataset mIoU / mAcc / OA on every original point, tables, plots, PLYs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from pptkit.config import from_dict
+from pptkit.data.dataset import SceneDataset
+from pptkit.engine.checkpoint import find_checkpoint, load_checkpoint
+from pptkit.engine.distributed import DistInfo, resolve_device
+from pptkit.engine.inference import evaluate_dataset
+from pptkit.errors import InputError
+from pptkit.eval.metrics import SegmentationScores
+from pptkit.eval.report import per_class_table, plot_confusion, results_table, write_results_json
+from pptkit.eval.voting import tta_views
+from pptkit.models.label_space import UnionLabelSpace
+from pptkit.stages.joint_train import parse_named_paths
+from pptkit.stages.ppt_model import build_model
+from pptkit.stages.ppt_recipe import PPTRecipe
+
+
+@dataclass
+class EvalOptions:
+    checkpoint: Path  # a run folder (best.pt, else last.pt) or a .pt file
+    data: list[str] = field(default_factory=list)  # NAME=PATH.h5
+    out: Path | None = None  # results.json; default RUN_DIR/eval/results.json
+    tta: bool = False
+    export_ply: Path | None = None
+    device: str = "auto"
+    seed: int = 0
+    verbose: bool = False
+
+
+def load_trained_model(checkpoint: Path, device: torch.device):
+    """Rebuild a joint-train model from its checkpoint alone (no text model needed)."""
+    path = find_checkpoint(checkpoint)
+    ckpt = load_checkpoint(path, device)
+    try:
+        recipe = from_dict(PPTRecipe, ckpt["config"], str(path))
+        names, class_names = list(ckpt["datasets"]), ckpt["class_names"]
+        state = ckpt["model"]
+    except KeyError as exc:
+        raise InputError(f"not a joint-train checkpoint (missing {exc})", path)
+    labels = UnionLabelSpace.from_class_names(class_names)
+    if list(labels.union_names) != list(ckpt["union_names"]):
+        raise InputError("union label space in the checkpoint does not match its class names", path)
+    text = None
+    if recipe.model.head == "language":
+        text = torch.zeros_like(state["head.text_embeddings"])  # real values come with the state dict
+    model = build_model(recipe.model, labels, names, text)
+    model.load_state_dict(state)
+    return model.to(device).eval(), recipe, names, class_names, path
+
+
+def run_eval(opts: EvalOptions) -> dict[str, SegmentationScores]:
+    torch.manual_seed(opts.seed)
+    device = resolve_device(opts.device)
+    model, recipe, names, class_names, ckpt_path = load_trained_model(opts.checkpoint, device)
+    data = parse_named_paths(opts.data, "--data")
+    if not data:
+        raise InputError("give at least one dataset as --data NAME=PATH.h5", "--data")
+    for name, path in data.items():
+        if name not in names:
+            raise InputError(f"the model was not trained on '{name}' (it knows {', '.join(names)})", "--data")
+    out = opts.out or ckpt_path.parent / "eval" / "results.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    e = recipe.eval
+    views = tta_views(tuple(360.0 * k / e.tta_rotations for k in range(e.tta_rotations)),
+                      e.tta_scales, e.tta_flip) if opts.tta else ()
+    results: dict[str, SegmentationScores] = {}
+    for name, path in data.items():
+        scenes = SceneDataset(path, with_points=True)
+        if list(scenes.class_names) != list(class_names[name]):
+            raise InputError(f"class names differ from those the model was trained with for '{name}'", path)
+        export_dir = None
+        if opts.export_ply is not None:
+            export_dir = opts.export_ply / name
+            export_dir.mkdir(parents=True, exist_ok=True)
+        scores, matrix = evaluate_dataset(model, scenes, names.index(name), class_names[name],
+                                          recipe.data.grid_size, device, DistInfo(0, 1, 0), views,
+                                          export_dir, description=f"eval {name}")
+        results[name] = scores
+        plot_confusion(matrix, class_names[name], out.parent / f"confusion_{name}.png",
+                       title=f"{name} (mIoU {100 * scores.miou:.1f})")
+    write_results_json(out, results)
+    stdout = Console()
+    stdout.print(results_table(results))
+    stdout.print(per_class_table(results))
+    stdout.print(f"results: {out}")
+    return results

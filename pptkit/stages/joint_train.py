@@ -1,0 +1,225 @@
+"""`pptkit joint-train`: Point Prompt Training of one model on several datasets at once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pptkit.config import from_dict, load_recipe, to_dict, to_toml
+from pptkit.data.dataset import SceneDataset
+from pptkit.data.transforms import train_transforms
+from pptkit.engine.batch import collate
+from pptkit.engine.checkpoint import load_checkpoint, save_checkpoint
+from pptkit.engine.distributed import check_in_sync, cleanup, init_distributed, resolve_device
+from pptkit.engine.inference import evaluate_dataset
+from pptkit.engine.run_dir import RunDir
+from pptkit.engine.sampler import ScheduledBatch, epoch_schedule
+from pptkit.engine.trainer import LoopConfig, TrainState, restore, train
+from pptkit.errors import InputError
+from pptkit.models.label_space import UnionLabelSpace
+from pptkit.models.pdnorm import split_prompt_parameters
+from pptkit.progress import console
+from pptkit.stages.ppt_model import build_model, text_embeddings
+from pptkit.stages.ppt_recipe import PPTRecipe
+
+
+@dataclass
+class JointTrainOptions:
+    recipe: Path | None
+    data: list[str]  # NAME=PATH.h5, training splits
+    out: Path
+    val: list[str] = field(default_factory=list)  # NAME=PATH.h5, validation splits
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+    overrides: list[str] = field(default_factory=list)
+    verbose: bool = False
+
+
+def parse_named_paths(items: list[str], option: str) -> dict[str, Path]:
+    """`NAME=PATH` options as an ordered dict; every path must exist."""
+    named: dict[str, Path] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise InputError(f"expected NAME=PATH.h5, got '{item}'", option)
+        if name in named:
+            raise InputError(f"dataset '{name}' given twice", option)
+        if not Path(path).is_file():
+            raise InputError(f"file not found (for dataset '{name}')", path)
+        named[name] = Path(path)
+    return named
+
+
+class EpochBatches(torch.utils.data.Dataset):
+    """The epoch's scheduled batches as a map-style dataset, so DataLoader workers can build them.
+
+    Each sample's augmentation draws from its own generator seeded by (seed, epoch, dataset,
+    index): the data a step sees does not depend on worker count or on where a run resumed.
+    """
+
+    def __init__(self, datasets: list[SceneDataset], schedule: list[ScheduledBatch], transform, seed: int, epoch: int):
+        self.datasets, self.schedule, self.transform = datasets, schedule, transform
+        self.seed, self.epoch = seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.schedule)
+
+    def __getitem__(self, step: int) -> tuple[int, list[dict]]:
+        batch = self.schedule[step]
+        samples = []
+        for i in batch.indices:
+            sample = self.datasets[batch.dataset][i]
+            if self.transform is not None:
+                sample = self.transform(sample, np.random.default_rng([self.seed, self.epoch, batch.dataset, i]))
+            samples.append(sample)
+        return batch.dataset, samples
+
+
+def run_joint_train(opts: JointTrainOptions) -> PPTRecipe:
+    device = resolve_device(opts.device)
+    dist = init_distributed(device)
+    run = RunDir(opts.out, writer=dist.is_main)
+    recipe = _resolve_recipe(opts, run)
+    train_paths = parse_named_paths(opts.data, "--data")
+    val_paths = parse_named_paths(opts.val, "--val")
+    if not train_paths:
+        raise InputError("give at least one training set as --data NAME=PATH.h5", "--data")
+    names = list(train_paths)
+    for name in names:
+        if name not in recipe.data.ratios:
+            raise InputError(f"no ratio for dataset '{name}' (add it to [data] ratios)", opts.recipe or "--set",
+                             where=f"data.ratios.{name}")
+    for name in val_paths:
+        if name not in train_paths:
+            raise InputError(f"validation set '{name}' is not one of the trained datasets {names}", "--val")
+
+    transform = train_transforms(recipe.data.grid_size, point_max=recipe.data.point_max,
+                                 augment=recipe.data.augment)
+    train_sets = [SceneDataset(train_paths[n]) for n in names]
+    val_sets = {n: SceneDataset(p, with_points=True) for n, p in val_paths.items()}
+    for n, ds in val_sets.items():
+        if tuple(ds.class_names) != tuple(train_sets[names.index(n)].class_names):
+            raise InputError(f"class names differ from the training file's for '{n}'", val_paths[n])
+    labels = UnionLabelSpace.from_class_names({n: list(ds.class_names) for n, ds in zip(names, train_sets)})
+    if opts.verbose and dist.is_main:
+        console.print(labels.describe())
+    text = _text_embeddings(recipe, labels, run) if recipe.model.head == "language" else None
+
+    torch.manual_seed(opts.seed)
+    model = build_model(recipe.model, labels, names, text).to(device)
+    if dist.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True)  # other datasets' norms and heads sit idle each step
+    ratios = [recipe.data.ratios[n] for n in names]
+
+    def schedule_for(epoch: int) -> list[ScheduledBatch]:
+        return epoch_schedule([len(d) for d in train_sets], ratios, recipe.data.batch_size, opts.seed,
+                              epoch, dist.rank, dist.world_size)
+
+    try:
+        steps_per_epoch = len(schedule_for(0))  # the same every epoch: it depends on sizes only
+    except ValueError as exc:
+        raise InputError(str(exc), "--data")
+    optimizer, scheduler = _optimizer(model, recipe, steps_per_epoch * recipe.train.epochs)
+
+    state = TrainState()
+    if opts.resume:
+        state = restore(load_checkpoint(run.last, device), model, optimizer, scheduler)
+        run.truncate_metrics(state.step)
+        console.print(f"resuming {run.last} at epoch {state.epoch}, step {state.step}")
+
+    def batches_for_epoch(epoch: int):
+        loader = torch.utils.data.DataLoader(
+            EpochBatches(train_sets, schedule_for(epoch), transform, opts.seed, epoch), batch_size=None,
+            shuffle=False, num_workers=recipe.data.num_workers, collate_fn=lambda item: item)
+        for dataset, samples in loader:
+            yield collate(samples, dataset, device)
+
+    def validate() -> dict[str, float]:
+        scores = {}
+        for n, ds in val_sets.items():
+            result, _ = evaluate_dataset(model, ds, names.index(n), ds.class_names, recipe.data.grid_size,
+                                         device, dist, description=f"val {n}")
+            scores[f"miou_{n}"] = result.miou
+        scores = {"miou": float(np.mean(list(scores.values()))), **scores}
+        return scores
+
+    extra = {"config": to_dict(recipe), "datasets": names,
+             "class_names": {n: list(ds.class_names) for n, ds in zip(names, train_sets)},
+             "union_names": list(labels.union_names), "seed": opts.seed}
+    loop = LoopConfig(recipe.train.epochs, recipe.train.clip_grad, recipe.train.amp,
+                      recipe.train.log_every, recipe.train.eval_every)
+    try:
+        state = train(model, optimizer, scheduler, batches_for_epoch, steps_per_epoch, names,
+                      validate if val_sets else None, run, loop, state, device, dist, extra)
+        if dist.enabled:
+            in_sync = check_in_sync(model)
+            run.log({"step": state.step, "epoch": state.epoch, "split": "ddp_check",
+                     "world_size": dist.world_size, "ranks_in_sync": in_sync})
+            if not in_sync:
+                raise RuntimeError("ranks ended with different weights")
+        if dist.is_main:
+            console.print(f"done: {state.epoch} epochs, {state.step} steps; checkpoints in {run.path}")
+    finally:
+        run.close()
+        cleanup()
+    return recipe
+
+
+def _resolve_recipe(opts: JointTrainOptions, run: RunDir) -> PPTRecipe:
+    """The recipe plus overrides; on --resume it must equal the run's own config."""
+    recipe = load_recipe(opts.recipe, PPTRecipe, opts.overrides)
+    if opts.resume:
+        if not run.last.is_file():
+            raise InputError("nothing to resume (no last.pt)", run.path)
+        saved = from_dict(PPTRecipe, load_checkpoint(run.last)["config"], str(run.last))
+        if opts.recipe is None and not opts.overrides:
+            return saved
+        if saved != recipe:
+            raise InputError("recipe differs from the run's config.toml; resume with the same "
+                             "recipe and --set values (or none)", run.path / "config.toml")
+        return saved
+    if run.last.is_file():
+        raise InputError("run folder already holds a checkpoint: pass --resume, or choose another --out", run.path)
+    run.write_config(to_toml(recipe))
+    return recipe
+
+
+def _text_embeddings(recipe: PPTRecipe, labels: UnionLabelSpace, run: RunDir) -> torch.Tensor:
+    """Class-name embeddings, computed once and kept in the run folder (and in every checkpoint)."""
+    path = run.path / "text_embeddings.pt"
+    if path.is_file():
+        stored = load_checkpoint(path)
+        if stored["names"] == list(labels.union_names) and stored["template"] == recipe.model.prompt_template:
+            return stored["embeddings"]
+    embeddings = text_embeddings(recipe.model, list(labels.union_names))
+    if run.writer:
+        save_checkpoint(path, {"names": list(labels.union_names), "template": recipe.model.prompt_template,
+                               "encoder": recipe.model.text_encoder, "embeddings": embeddings})
+    return embeddings
+
+
+def _optimizer(model, recipe: PPTRecipe, total_steps: int):
+    """SGD with prompt-related parameters at a scaled rate, and the configured schedule."""
+    o = recipe.optim
+    prompt_params, other_params = split_prompt_parameters(model)
+    groups = [{"params": other_params, "lr": o.lr}]
+    if prompt_params:
+        groups.append({"params": prompt_params, "lr": o.lr * o.prompt_lr_scale})
+    optimizer = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                                nesterov=o.nesterov)
+    if o.scheduler == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in groups], total_steps=max(1, total_steps),
+            pct_start=o.pct_start, anneal_strategy="cos", div_factor=o.div_factor,
+            final_div_factor=o.final_div_factor)
+    elif o.scheduler == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    return optimizer, scheduler
