@@ -1,0 +1,56 @@
+"""The multi-dataset schedule: one dataset per batch, ratios, epoch end, rank agreement."""
+
+from collections import Counter
+
+import pytest
+
+from pptkit.engine.sampler import epoch_schedule, interleave_pattern
+
+
+def test_pattern_spreads_datasets_by_ratio():
+    pattern = interleave_pattern([4, 2, 1])
+    assert Counter(pattern) == {0: 4, 1: 2, 2: 1}
+    assert pattern == [0, 1, 0, 2, 0, 1, 0]
+
+
+def test_batches_follow_the_ratios_and_stop_when_the_first_dataset_runs_out():
+    # 4:2:1 with plenty of data for datasets 1 and 2: dataset 0 (40 scenes, 10 batches) runs out first.
+    schedule = epoch_schedule([40, 100, 100], [4, 2, 1], batch_size=4, seed=0, epoch=0)
+    counts = Counter(b.dataset for b in schedule)
+    assert counts[0] == 10
+    # pattern 0,1,0,2,0,1,0: two full cycles, then 0,1,0,2,0 ends the epoch
+    assert counts[1] == 5 and counts[2] == 3
+    for batch in schedule:
+        assert len(batch.indices) == 4
+        assert all(0 <= i < [40, 100, 100][batch.dataset] for i in batch.indices)
+    # no scene repeats within an epoch
+    for d in range(3):
+        seen = [i for b in schedule if b.dataset == d for i in b.indices]
+        assert len(seen) == len(set(seen))
+
+
+def test_epoch_ends_with_whichever_dataset_is_exhausted_first():
+    schedule = epoch_schedule([100, 4, 100], [1, 1, 1], batch_size=2, seed=0, epoch=0)
+    assert Counter(b.dataset for b in schedule)[1] == 2
+    assert schedule[-1].dataset in (0, 1)
+
+
+def test_schedule_depends_on_seed_and_epoch_only():
+    a = epoch_schedule([20, 10], [2, 1], 2, seed=3, epoch=1)
+    assert a == epoch_schedule([20, 10], [2, 1], 2, seed=3, epoch=1)
+    assert a != epoch_schedule([20, 10], [2, 1], 2, seed=3, epoch=2)
+    assert a != epoch_schedule([20, 10], [2, 1], 2, seed=4, epoch=1)
+
+
+def test_ranks_see_the_same_dataset_each_step_and_split_its_global_batch():
+    ranks = [epoch_schedule([24, 12], [2, 1], 2, seed=0, epoch=0, rank=r, world_size=2) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1])
+    for b0, b1 in zip(*ranks):
+        assert b0.dataset == b1.dataset
+        assert len(b0.indices) == len(b1.indices) == 2
+        assert not set(b0.indices) & set(b1.indices)
+
+
+def test_too_small_dataset_is_an_error():
+    with pytest.raises(ValueError, match="fewer samples than one global batch"):
+        epoch_schedule([10, 1], [1, 1], batch_size=2, seed=0, epoch=0)
