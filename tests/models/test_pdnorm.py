@@ -187,3 +187,26 @@ def test_split_prompt_parameters(adapter):
     frozen = copy.deepcopy(model)
     frozen.prompts.weight.requires_grad_(False)
     assert len(split_prompt_parameters(frozen)[0]) == len(expected) - 1
+
+
+def test_condition_reaches_every_norm_of_a_real_sparse_unet():
+    from pptkit.models.sparse_unet import SparseUNet
+
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    xyz = torch.randperm(40**3, generator=generator)[:120]  # spread enough to keep >1 voxel at stride 16
+    coords = torch.stack([torch.zeros_like(xyz), xyz // 1600, xyz // 40 % 40, xyz % 40], dim=1).int()
+    x = SparseTensor(torch.randn(120, 6, generator=generator), coords)
+    backbone = SparseUNet(6, 0, base_channels=4, channels=(4, 4, 8, 8, 8, 8, 4, 4), layers=(1,) * 8,
+                          norm_layer=pdnorm_factory(2, context_channels=8))
+    model = PointPromptModel(backbone, DecoupledHead(4, [5, 3]), num_domains=2, context_channels=8)
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
+    logits = model(x, 1)
+    assert logits.shape == (120, 3)
+    torch.nn.functional.cross_entropy(logits, torch.randint(0, 3, (120,), generator=generator)).backward()
+    optimiser.step()
+    norms = [m for m in model.modules() if isinstance(m, PDNorm)]
+    assert len(norms) > 20
+    assert all(n.norms[1].num_batches_tracked.item() == 1 for n in norms)
+    assert all(n.norms[0].num_batches_tracked.item() == 0 for n in norms)
+    assert all(n.modulation[1].weight.abs().max() > 0 for n in norms)
