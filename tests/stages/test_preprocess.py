@@ -1,0 +1,245 @@
+"""`pptkit preprocess` and `pptkit info` end to end, bad input, and resuming."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import pptkit.stages.preprocess as preprocess_module
+from pptkit.data.ply import write_ply
+from pptkit.data.voxelize import voxelize
+from pptkit.errors import InputError
+from pptkit.fileio import temporary_name
+from pptkit.stages.info import read_info
+from pptkit.stages.preprocess import PreprocessOptions, run_preprocess
+from tests.conftest import run_cli
+
+GRID = 0.05
+
+
+def room(n: int, seed: int, classes: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    coord = rng.uniform(0, [2, 1.5, 1], (n, 3)).astype(np.float32)
+    return {"coord": coord, "color": rng.integers(0, 256, (n, 3), dtype=np.uint8),
+            "segment": (rng.integers(0, classes + 1, n) - 1).astype(np.int64),
+            "instance": rng.integers(0, 6, n).astype(np.int64)}
+
+
+def pointcept_fixture(root: Path, scenes: int = 3, n: int = 1500) -> dict[str, dict]:
+    """Pointcept-format (structured3d) scenes under root/train/<scene>/*.npy."""
+    data = {}
+    for i in range(scenes):
+        arrays = room(n + 100 * i, i, 25)
+        folder = root / "train" / f"scene_{i:05d}_room_1"
+        folder.mkdir(parents=True)
+        for key, value in arrays.items():
+            np.save(folder / f"{key}.npy", value)
+        data[f"train/scene_{i:05d}_room_1"] = arrays
+    return data
+
+
+def ply_fixture(root: Path, scenes: int = 2, n: int = 800) -> dict[str, dict]:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "classes.txt").write_text("floor\nwall\nchair\n")
+    data = {}
+    for i in range(scenes):
+        arrays = room(n, 10 + i, 3)
+        write_ply(root / f"room{i}.ply", {
+            "x": arrays["coord"][:, 0], "y": arrays["coord"][:, 1], "z": arrays["coord"][:, 2],
+            "red": arrays["color"][:, 0], "green": arrays["color"][:, 1],
+            "blue": arrays["color"][:, 2], "label": arrays["segment"].astype(np.int32)})
+        data[f"room{i}.ply"] = arrays
+    return data
+
+
+def h5_contents(path: Path) -> dict:
+    """Every dataset and attribute of a file (root 'created' left out), for comparisons."""
+    out: dict = {"/": {k: v for k, v in h5py.File(path, "r").attrs.items() if k != "created"}}
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            out[name + "@attrs"] = dict(obj.attrs)
+            if isinstance(obj, h5py.Dataset):
+                out[name] = obj[()]
+        f.visititems(visit)
+    return out
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], dict):
+            assert a[key].keys() == b[key].keys(), key
+            for k in a[key]:
+                assert np.array_equal(a[key][k], b[key][k]), (key, k)
+        else:
+            assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), key
+
+
+def test_pointcept_end_to_end_with_workers_and_info(tmp_path):
+    data = pointcept_fixture(tmp_path / "raw")
+    out = tmp_path / "out" / "s3d_train.h5"
+    result = run_cli("preprocess", "--dataset", "structured3d", "--input", tmp_path / "raw",
+                     "--output", out, "--split", "train", "--grid-size", GRID, "--workers", 2)
+    assert result.returncode == 0, result.stderr
+    assert out.is_file() and not temporary_name(out).exists()
+
+    info = run_cli("info", out, "--json")
+    assert info.returncode == 0, info.stderr
+    summary = json.loads(info.stdout)
+    assert set(summary) == {"dataset", "class_names", "scenes", "points", "voxels",
+                            "class_counts"}
+    assert summary["dataset"] == "structured3d" and len(summary["class_names"]) == 25
+    assert summary["scenes"] == 3
+    assert summary["points"] == sum(len(a["coord"]) for a in data.values())
+    assert summary["voxels"] == sum(voxelize(a["coord"], GRID).num_voxels for a in data.values())
+    labels = np.concatenate([a["segment"] for a in data.values()])
+    expected = np.bincount(labels[labels >= 0], minlength=25)
+    assert list(summary["class_counts"].values()) == expected.tolist()
+    assert list(summary["class_counts"]) == summary["class_names"]
+
+    # One worker in-process gives the same file as two spawned workers.
+    single = tmp_path / "single.h5"
+    run_preprocess(PreprocessOptions(dataset="structured3d", input=tmp_path / "raw", output=single,
+                                     split="train", grid_size=GRID))
+    assert_same(h5_contents(out), h5_contents(single))
+
+    table = run_cli("info", out)
+    assert table.returncode == 0 and "structured3d" in table.stdout and "floor" in table.stdout
+
+
+def test_ply_folder_end_to_end(tmp_path):
+    data = ply_fixture(tmp_path / "raw")
+    out = tmp_path / "ply.h5"
+    result = run_cli("preprocess", "--dataset", "ply", "--input", tmp_path / "raw",
+                     "--output", out, "--grid-size", GRID)
+    assert result.returncode == 0, result.stderr
+    info = read_info(out)
+    assert info["class_names"] == ["floor", "wall", "chair"] and info["scenes"] == 2
+    with h5py.File(out, "r") as f:
+        assert f.attrs["grid_size"] == GRID and f.attrs["source"] == str((tmp_path / "raw").resolve())
+        group = f["room1.ply"]
+        assert group.attrs["name"] == "room1.ply"
+        assert np.array_equal(group["points/segment"][()], data["room1.ply"]["segment"])
+        vox = voxelize(data["room1.ply"]["coord"], GRID)
+        assert np.array_equal(group["points/inverse"][()], vox.inverse)
+        assert np.array_equal(group["grid_coord"][()], vox.grid_coord)
+
+
+def _bad_cases(tmp: Path) -> dict[str, tuple[list, Path]]:
+    """name -> (CLI arguments, the path the error line must name)."""
+    cases = {}
+    cases["missing folder"] = (["preprocess", "--dataset", "ply", "--input", tmp / "nowhere"],
+                               tmp / "nowhere")
+    wrong = tmp / "wrong"
+    wrong.mkdir()
+    (wrong / "room.ply").write_text("this is not a ply file\n")
+    cases["wrong format"] = (["preprocess", "--dataset", "ply", "--input", wrong], wrong / "room.ply")
+    cut = tmp / "cut"
+    ply_fixture(cut, scenes=1)
+    (cut / "room0.ply").write_bytes((cut / "room0.ply").read_bytes()[:-100])
+    cases["truncated ply"] = (["preprocess", "--dataset", "ply", "--input", cut], cut / "room0.ply")
+    nan = tmp / "nan"
+    nan.mkdir()
+    coord = np.zeros((10, 3), np.float32)
+    coord[3, 1] = np.nan
+    coord[5, 0] = np.inf
+    np.save(nan / "scene.npy", coord)
+    cases["nan coordinates"] = (["preprocess", "--dataset", "npy", "--input", nan], nan / "scene.npy")
+    labels = tmp / "labels"
+    ply_fixture(labels, scenes=2)
+    (labels / "classes.txt").write_text("floor\nwall\n")  # the fixture uses label 2
+    cases["label out of range, in a worker"] = (
+        ["preprocess", "--dataset", "ply", "--input", labels, "--workers", "2"],
+        labels / "room0.ply")
+    empty = tmp / "empty"
+    empty.mkdir()
+    write_ply(empty / "void.ply", {k: np.zeros(0, np.float32) for k in "xyz"})
+    cases["empty scene"] = (["preprocess", "--dataset", "ply", "--input", empty], empty / "void.ply")
+    grid = tmp / "grid"
+    ply_fixture(grid, scenes=1)
+    cases["bad grid size"] = (["preprocess", "--dataset", "ply", "--input", grid,
+                               "--grid-size", "0"], Path("--grid-size"))
+    return cases
+
+
+def test_bad_input_exit_2_one_line_no_output(tmp_path):
+    for name, (args, named) in _bad_cases(tmp_path).items():
+        out = tmp_path / f"{name.replace(' ', '_').replace(',', '')}.h5"
+        result = run_cli(*args, "--output", out)
+        assert result.returncode == 2, (name, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and str(named) in lines[0], (name, result.stderr)
+        assert not out.exists() and not temporary_name(out).exists(), name
+
+
+def test_existing_output_truncated_store_and_foreign_file(tmp_path):
+    raw = tmp_path / "raw"
+    ply_fixture(raw, scenes=1)
+    out = tmp_path / "done.h5"
+    out.write_bytes(b"keep me")
+    result = run_cli("preprocess", "--dataset", "ply", "--input", raw, "--output", out)
+    assert result.returncode == 2 and str(out) in result.stderr and "--overwrite" in result.stderr
+    assert out.read_bytes() == b"keep me"  # checked before any work, nothing touched
+
+    assert run_cli("preprocess", "--dataset", "ply", "--input", raw, "--output", out,
+                   "--overwrite").returncode == 0
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(out.read_bytes()[: out.stat().st_size // 2])
+    for bad in (cut, tmp_path / "raw" / "room0.ply"):
+        result = run_cli("info", bad)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and str(bad) in lines[0]
+
+
+def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch):
+    raw = tmp_path / "raw"
+    pointcept_fixture(raw, scenes=4, n=600)
+    reference = tmp_path / "reference.h5"
+    options = dict(dataset="structured3d", input=raw, split="train", grid_size=GRID)
+    run_preprocess(PreprocessOptions(output=reference, **options))
+
+    out = tmp_path / "resumed.h5"
+    write_scene = preprocess_module.write_scene
+    written: list[str] = []
+
+    def interrupt_after_two(f, item, record):
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        write_scene(f, item, record)
+        written.append(item)
+
+    monkeypatch.setattr(preprocess_module, "write_scene", interrupt_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_preprocess(PreprocessOptions(output=out, **options))
+    tmp = temporary_name(out)
+    assert not out.exists() and tmp.exists()
+    monkeypatch.setattr(preprocess_module, "write_scene", write_scene)
+
+    # A different grid size (or split, or dataset) may not continue this file.
+    with pytest.raises(InputError, match="grid_size"):
+        run_preprocess(PreprocessOptions(output=out, resume=True,
+                                         **{**options, "grid_size": 0.1}))
+    assert tmp.exists()
+
+    converted: list[str] = []
+    convert = preprocess_module._convert
+    monkeypatch.setattr(preprocess_module, "_convert",
+                        lambda job, item: converted.append(item) or convert(job, item))
+    run_preprocess(PreprocessOptions(output=out, resume=True, **options))
+    assert converted == ["train/scene_00002_room_1", "train/scene_00003_room_1"]
+    assert out.exists() and not tmp.exists()
+    assert_same(h5_contents(out), h5_contents(reference))
+
+
+def test_stale_temporary_file_is_replaced_without_resume(tmp_path):
+    raw = tmp_path / "raw"
+    ply_fixture(raw, scenes=1)
+    out = tmp_path / "x.h5"
+    temporary_name(out).write_bytes(b"stale junk")
+    run_preprocess(PreprocessOptions(dataset="ply", input=raw, output=out, grid_size=GRID))
+    assert read_info(out)["scenes"] == 1 and not temporary_name(out).exists()
