@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import pickle
+import shutil
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
-from pptkit.data.classes import STRUCTURED3D25
+from pptkit.data.classes import MODELNET40, SCANNET20, SCANOBJECTNN15, STRUCTURED3D25
 from pptkit.data.ply import write_ply
 from pptkit.data.readers import READERS, get_reader
 from pptkit.errors import InputError
@@ -283,3 +286,235 @@ def test_s3dis_parse_speed(tmp_path):
     points = parse_points(path)
     assert time.perf_counter() - start < 2.0
     np.testing.assert_allclose(points, np.round(table, 3), atol=1e-9)
+
+
+# ---------------------------------------------------------------- ScanNet v2
+
+_TSV_HEADER = "id\traw_category\tcategory\tcount\tnyu40id\tnyu40class\n"
+
+
+def _scannet_scene(scans: Path, scene: str, coord: np.ndarray, color: np.ndarray,
+                   faces: np.ndarray | None, seg_indices: np.ndarray,
+                   groups: list[tuple[int, str, list[int]]]) -> Path:
+    """Write the three native files of one scene; groups are (objectId, raw label, segments)."""
+    folder = scans / scene
+    folder.mkdir(parents=True)
+    write_ply(folder / f"{scene}_vh_clean_2.ply", {
+        "x": coord[:, 0], "y": coord[:, 1], "z": coord[:, 2],
+        "red": color[:, 0], "green": color[:, 1], "blue": color[:, 2],
+        "alpha": np.full(len(coord), 255, np.uint8),
+    }, faces=faces)
+    (folder / f"{scene}_vh_clean_2.0.010000.segs.json").write_text(json.dumps(
+        {"sceneId": scene, "segIndices": seg_indices.tolist()}))
+    (folder / f"{scene}.aggregation.json").write_text(json.dumps({"sceneId": scene, "segGroups": [
+        {"id": i, "objectId": obj, "segments": segs, "label": label}
+        for i, (obj, label, segs) in enumerate(groups)]}))
+    return folder
+
+
+def _grid_mesh(side: int) -> tuple[np.ndarray, np.ndarray]:
+    """A flat side x side vertex grid at z = 0, triangles wound counter-clockwise seen from +z."""
+    ij = np.stack(np.meshgrid(np.arange(side), np.arange(side), indexing="ij"), -1).reshape(-1, 2)
+    coord = np.concatenate([ij * 0.1, np.zeros((len(ij), 1))], axis=1).astype(np.float32)
+    faces = []
+    for i in range(side - 1):
+        for j in range(side - 1):
+            a, b, c, d = i * side + j, (i + 1) * side + j, (i + 1) * side + j + 1, i * side + j + 1
+            faces += [(a, b, c), (a, c, d)]
+    return coord, np.asarray(faces)
+
+
+def test_scannet_labels_instances_normals_splits(tmp_path):
+    (tmp_path / "scannetv2-labels.combined.tsv").write_text(
+        _TSV_HEADER + "1\twall\twall\t10\t1\twall\n2\tchair\tchair\t5\t5\tchair\n"
+        "3\tbanana\tbanana\t1\t40\totherprop\n"
+        "4\tshower curtain\tshower curtain\t2\t28\tshower curtain\n")
+    (tmp_path / "scannetv2_val.txt").write_text("scene0002_00\nscene0003_00\n")
+    coord, faces = _grid_mesh(4)
+    _, color = _cloud(16)
+    segs = np.repeat([7, 3, 9, 11], 4)  # rows of the grid
+    groups = [(0, "wall", [7]), (1, "chair", [3]), (2, "banana", [9]), (5, "shower curtain", [99])]
+    for scene in ("scene0001_00", "scene0002_00"):
+        _scannet_scene(tmp_path / "scans", scene, coord, color, faces, segs, groups)
+    reader = get_reader("scannet")
+    assert reader.items(tmp_path, None) == ["scene0001_00", "scene0002_00"]
+    assert reader.items(tmp_path, "val") == ["scene0002_00"]  # scene0003_00 absent: warning
+    scene = reader.read(tmp_path, "scene0001_00")
+    chair, wall = SCANNET20.index("chair"), SCANNET20.index("wall")
+    assert scene.segment.tolist() == [wall] * 4 + [chair] * 4 + [-1] * 8
+    assert scene.instance.tolist() == [0] * 4 + [1] * 4 + [2] * 4 + [-1] * 4
+    np.testing.assert_array_equal(scene.color, color)
+    np.testing.assert_allclose(scene.normal, np.tile([0, 0, 1], (16, 1)), atol=1e-6)
+    with pytest.raises(InputError, match="scannetv2_train.txt not found"):
+        reader.items(tmp_path, "train")
+    with pytest.raises(InputError, match="scene folder scene0009_00 not found"):
+        reader.read(tmp_path, "scene0009_00")
+    segs_file = tmp_path / "scans" / "scene0002_00" / "scene0002_00_vh_clean_2.0.010000.segs.json"
+    segs_file.write_text(json.dumps({"segIndices": [0] * 15}))
+    with pytest.raises(InputError, match=r"segs.json: 'segIndices' has 15 entries but the mesh"):
+        reader.read(tmp_path, "scene0002_00")
+
+
+def test_scannet_vertex_normals_are_area_weighted():
+    from pptkit.data.readers.scannet import vertex_normals
+
+    # vertex 0 is shared by a big triangle facing +z (area 2) and a small one facing +x (0.5)
+    coord = np.array([[0, 0, 0], [2, 0, 0], [0, 2, 0], [0, 1, 0], [0, 0, 1]], np.float32)
+    normal = vertex_normals(coord, np.array([[0, 1, 2], [0, 3, 4]]))
+    np.testing.assert_allclose(normal[0], np.array([0.5, 0, 2]) / np.hypot(0.5, 2), rtol=1e-6)
+    np.testing.assert_allclose(normal[1], [0, 0, 1])
+
+
+def test_scannet_real_label_table():
+    from pptkit.data.readers.scannet import raw_category_to_class
+
+    table = shared_sample("scannet-meta") / "scannetv2-labels.combined.tsv"
+    mapping = raw_category_to_class(table)
+    assert SCANNET20[mapping["chair"]] == "chair"
+    assert SCANNET20[mapping["kitchen cabinets"]] == "cabinet"
+    assert mapping["object"] == -1  # nyu40 'otherprop' is not a benchmark class
+    assert {SCANNET20[k] for k in mapping.values() if k >= 0} == set(SCANNET20)
+
+
+def test_scannet_real_scene_through_ply(tmp_path):
+    """scene0000_00's real points written as a genuine _vh_clean_2.ply and read back."""
+    from scipy.spatial import Delaunay
+
+    meta = shared_sample("scannet-meta")
+    raw = np.fromfile(shared_sample("scannet-demo") / "scene0000_00_xyzrgb_float32.bin",
+                      dtype="<f4").reshape(-1, 6)
+    shutil.copy(meta / "scannetv2-labels.combined.tsv", tmp_path)
+    shutil.copy(meta / "scannetv2_train.txt", tmp_path)
+    coord, color = raw[:, :3], raw[:, 3:].astype(np.uint8)
+    faces = Delaunay(coord[:, :2]).simplices  # a real mesh's stand-in: any valid triangles
+    seg_indices = (coord[:, 2] > 0.3).astype(np.int64)  # segment 0: near the floor
+    _scannet_scene(tmp_path / "scans", "scene0000_00", coord, color, faces, seg_indices,
+                   [(0, "floor", [0]), (1, "chair", [1])])
+    reader = get_reader("scannet")
+    assert reader.items(tmp_path / "scans", "train") == ["scene0000_00"]
+    scene = reader.read(tmp_path / "scans", "scene0000_00")
+    assert len(scene) == 40684
+    np.testing.assert_array_equal(scene.coord, coord)
+    np.testing.assert_array_equal(scene.color, color)
+    floor = scene.segment == SCANNET20.index("floor")
+    assert floor.sum() == (seg_indices == 0).sum() > 0
+    assert (scene.segment[~floor] == SCANNET20.index("chair")).all()
+    used = np.unique(faces)
+    np.testing.assert_allclose(np.linalg.norm(scene.normal[used], axis=1), 1, atol=1e-5)
+
+
+# ---------------------------------------------------------------- ModelNet40
+
+
+def _modelnet_shape(root: Path, shape: str, n: int = 64, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    table = np.concatenate([rng.normal(size=(n, 3)), np.tile([0.0, 0.0, 1.0], (n, 1))], 1)
+    folder = root / shape.rsplit("_", 1)[0]
+    folder.mkdir(exist_ok=True)
+    np.savetxt(folder / f"{shape}.txt", table, fmt="%.6f", delimiter=",")
+    return table
+
+
+def test_modelnet40_fixture(tmp_path):
+    for i, shape in enumerate(("airplane_0001", "night_stand_0002", "night_stand_0010")):
+        table = _modelnet_shape(tmp_path, shape, seed=i)
+    (tmp_path / "modelnet40_shape_names.txt").write_text("\n".join(MODELNET40) + "\n")
+    (tmp_path / "modelnet40_test.txt").write_text("night_stand_0010\nairplane_0001\n")
+    reader = get_reader("modelnet40")
+    assert reader.kind == "object"
+    assert reader.items(tmp_path, None) == ["airplane_0001", "night_stand_0002",
+                                            "night_stand_0010"]
+    assert reader.items(tmp_path, "test") == ["airplane_0001", "night_stand_0010"]
+    shape = reader.read(tmp_path, "night_stand_0010")
+    assert MODELNET40[shape.label] == "night_stand" and shape.coord.shape == (64, 3)
+    np.testing.assert_allclose(shape.coord, table[:, :3], atol=1e-6)
+    np.testing.assert_allclose(shape.normal, table[:, 3:])
+    with pytest.raises(InputError, match="modelnet40_train.txt"):
+        reader.items(tmp_path, "train")
+    names = list(MODELNET40)
+    names[1], names[2] = names[2], names[1]
+    (tmp_path / "modelnet40_shape_names.txt").write_text("\n".join(names))
+    with pytest.raises(InputError, match=r"shape_names.txt:line 2: class 'bed' where"):
+        reader.items(tmp_path, None)
+
+
+def test_modelnet40_bad_files(tmp_path):
+    reader = get_reader("modelnet40")
+    _modelnet_shape(tmp_path, "chair_0001")
+    path = tmp_path / "chair" / "chair_0001.txt"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:3] + ["nan,0,0,0,0,1"] + lines[3:]))
+    with pytest.raises(InputError, match="chair_0001.txt: NaN"):
+        reader.read(tmp_path, "chair_0001")
+    path.write_text("\n".join(lines[:3] + ["0.1,0.2"] + lines[3:]))
+    with pytest.raises(InputError, match="chair_0001.txt: expected 'x,y,z,nx,ny,nz'"):
+        reader.read(tmp_path, "chair_0001")
+    _modelnet_shape(tmp_path, "unicorn_0001")
+    with pytest.raises(InputError, match="'unicorn' is not a ModelNet40 class"):
+        reader.items(tmp_path, None)
+
+
+def test_modelnet40_real_shapes():
+    root = shared_sample("modelnet40-sample")
+    reader = get_reader("modelnet40")
+    items = reader.items(root, None)  # also checks modelnet40_shape_names.txt agrees
+    assert len(items) == 87 and "door" not in {i.rsplit("_", 1)[0] for i in items}
+    for item in items[::9]:
+        shape = reader.read(root, item)
+        assert MODELNET40[shape.label] == item.rsplit("_", 1)[0]
+        assert shape.coord.shape == (10000, 3) and np.abs(shape.coord).max() <= 1.0
+        np.testing.assert_allclose(np.linalg.norm(shape.normal, axis=1), 1, atol=1e-2)
+
+
+# ---------------------------------------------------------------- ScanObjectNN
+
+
+def _scanobjectnn_h5(path: Path, labels: list[int], points: int = 32, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    data = rng.normal(size=(len(labels), points, 3)).astype(np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f["data"] = data
+        f["label"] = np.asarray(labels, dtype=np.int64)
+        f["mask"] = np.zeros((len(labels), points), dtype=np.int64)
+    return data
+
+
+def test_scanobjectnn_variants_and_splits(tmp_path):
+    root = tmp_path / "main_split"
+    train = _scanobjectnn_h5(root / "training_objectdataset.h5", [0, 3, 14])
+    _scanobjectnn_h5(root / "test_objectdataset.h5", [1, 2])
+    pb = _scanobjectnn_h5(root / "training_objectdataset_augmentedrot_scale75.h5", [5, 6], seed=1)
+    reader = get_reader("scanobjectnn")
+    assert reader.items(root, "train") == ["train/00000", "train/00001", "train/00002"]
+    obj = reader.read(root, "train/00002")
+    assert SCANOBJECTNN15[obj.label] == "toilet"
+    np.testing.assert_array_equal(obj.coord, train[2])
+    assert reader.items(root, "train_augmentedrot_scale75") == [
+        "train_augmentedrot_scale75/00000", "train_augmentedrot_scale75/00001"]
+    np.testing.assert_array_equal(reader.read(root, "train_augmentedrot_scale75/00001").coord,
+                                  pb[1])
+    with pytest.raises(InputError, match="available: test, train, train_augmentedrot_scale75"):
+        reader.items(root, None)
+    with pytest.raises(InputError, match="needs test_objectdataset_augmentedrot_scale75.h5"):
+        reader.items(root, "test_augmentedrot_scale75")
+    single = root / "test_objectdataset.h5"
+    assert reader.items(single, None) == ["00000", "00001"]
+    assert SCANOBJECTNN15[reader.read(single, "00001").label] == "box"
+    with pytest.raises(InputError, match="no object 7"):
+        reader.read(root, "test/00007")
+
+
+def test_scanobjectnn_bad_objects(tmp_path):
+    reader = get_reader("scanobjectnn")
+    data = _scanobjectnn_h5(tmp_path / "test_objectdataset.h5", [15, 2])
+    with pytest.raises(InputError, match=r"test_objectdataset.h5:object 0: class 15 out of range"):
+        reader.read(tmp_path, "test/00000")
+    data[1, 4, 0] = np.nan
+    with h5py.File(tmp_path / "test_objectdataset.h5", "r+") as f:
+        f["data"][1] = data[1]
+    with pytest.raises(InputError, match="object 1: NaN"):
+        reader.read(tmp_path, "test/00001")
+    (tmp_path / "training_objectdataset.h5").write_bytes(b"not hdf5")
+    with pytest.raises(InputError, match="training_objectdataset.h5: cannot open HDF5"):
+        reader.items(tmp_path, "train")

@@ -37,7 +37,7 @@ _FILE = re.compile(r"(training|test)_objectdataset(.*)\.h5")
 
 
 def split_file(split: str) -> str:
-    """File of a split that starts with train or test: 'train_x' -> 'training_objectdataset_x.h5'."""
+    """File of a split starting with train or test: 'train_x' -> 'training_objectdataset_x.h5'."""
     if split.startswith("train"):
         return f"training_objectdataset{split[len('train'):]}.h5"
     return f"test_objectdataset{split[len('test'):]}.h5"
