@@ -48,25 +48,32 @@ def voxelize(coord: np.ndarray, grid_size: float) -> Voxelization:
     if n == 0:
         raise ValueError("cannot voxelize zero points")
 
-    # floor() in the input's own precision (float32 for every reader), one column at a time.
+    # floor() in the input's own precision (float32 for every reader). Division by a positive
+    # number and floor() are monotone, so the grid's bounds come from the coordinates' bounds.
     scale = coord.dtype.type(grid_size) if coord.dtype.kind == "f" else np.float64(grid_size)
-    floored = [np.floor(coord[:, axis] / scale) for axis in range(3)]
-    lows = [col.min() for col in floored]
-    dims = [int(col.max() - low) + 1 for col, low in zip(floored, lows)]
-    columns = [(col - low).astype(np.int64) for col, low in zip(floored, lows)]
+    columns = [coord[:, axis] for axis in range(3)]  # per-column reductions: (N, 3).min(0) is slow
+    lows = [np.floor(col.min() / scale) for col in columns]
+    dims = [int(np.floor(col.max() / scale) - low) + 1 for col, low in zip(columns, lows)]
 
     index_bits = max(1, (n - 1).bit_length())
     key_bits = (dims[0] * dims[1] * dims[2] - 1).bit_length()
     if key_bits + index_bits <= 63:
         # (key << index_bits) | point: sorting values groups voxels and keeps input order within.
-        packed = columns[0] * dims[1]
-        packed += columns[1]
-        packed *= dims[2]
-        packed += columns[2]
+        # Buffers are reused: at 10M points every fresh array costs page faults.
+        packed = np.zeros(n, dtype=np.int64)
+        scratch = np.empty(n, dtype=np.int64)
+        floored = np.empty(n, dtype=scale.dtype)
+        for axis, col in enumerate(columns):
+            np.divide(col, scale, out=floored)
+            np.floor(floored, out=floored)
+            floored -= lows[axis]
+            scratch[:] = floored
+            packed *= dims[axis]
+            packed += scratch
         packed <<= index_bits
         packed |= np.arange(n, dtype=np.int64)
         packed.sort()
-        order = packed & ((1 << index_bits) - 1)
+        order = np.bitwise_and(packed, (1 << index_bits) - 1, out=scratch)
         packed >>= index_bits
         new_voxel = np.empty(n, dtype=bool)
         new_voxel[0] = True
@@ -76,7 +83,10 @@ def voxelize(coord: np.ndarray, grid_size: float) -> Voxelization:
         z = key % dims[2]
         key //= dims[2]
         grid_coord = np.stack([key // dims[1], key % dims[1], z], axis=1).astype(np.int32)
+        voxel_of_sorted = np.cumsum(new_voxel, out=packed)
     else:  # huge extents: a stable lexicographic sort over the three columns
+        columns = [(np.floor(col / scale) - low).astype(np.int64)
+                   for col, low in zip(columns, lows)]
         order = np.lexsort((columns[2], columns[1], columns[0]))
         new_voxel = np.empty(n, dtype=bool)
         new_voxel[0] = True
@@ -86,9 +96,9 @@ def voxelize(coord: np.ndarray, grid_size: float) -> Voxelization:
             new_voxel[1:] |= sorted_col[1:] != sorted_col[:-1]
         starts = np.flatnonzero(new_voxel)
         grid_coord = np.stack([col[order[starts]] for col in columns], axis=1).astype(np.int32)
+        voxel_of_sorted = np.cumsum(new_voxel, dtype=np.int64)
 
     counts = np.diff(starts, append=n)
-    voxel_of_sorted = np.cumsum(new_voxel, dtype=np.int64)
     voxel_of_sorted -= 1
     inverse = np.empty(n, dtype=np.int64)
     inverse[order] = voxel_of_sorted

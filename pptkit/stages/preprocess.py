@@ -11,7 +11,11 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-from collections.abc import Iterator
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
+from itertools import islice
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,11 +85,12 @@ def run_preprocess(opts: PreprocessOptions) -> Path:
     if not items:
         raise InputError("no items to preprocess", opts.input)
     _check_unique_groups(items, Path(opts.input))
+    object_points = OBJECT_POINTS.get(reader.name, DEFAULT_OBJECT_POINTS)
     meta = StoreMeta(
         dataset=reader.name, class_names=tuple(reader.classes(Path(opts.input))),
         grid_size=float(opts.grid_size), kind=reader.kind, split=split or "",
         source=str(Path(opts.input).resolve()), seed=opts.seed,
-        num_points=OBJECT_POINTS.get(reader.name, DEFAULT_OBJECT_POINTS) if reader.kind == "object" else 0,
+        num_points=object_points if reader.kind == "object" else 0,
     )
     job = _Job(reader=reader, root=Path(opts.input), strict=opts.strict,
                grid_size=float(opts.grid_size), num_points=meta.num_points, seed=opts.seed)
@@ -94,21 +99,27 @@ def run_preprocess(opts: PreprocessOptions) -> Path:
     f, done = _open_output(tmp, meta, opts.resume)
     todo = [item for item in items if group_name(item) not in done]
     if done:
-        console.print(f"resuming {tmp}: {len(items) - len(todo)} of {len(items)} items done")
+        console.print(f"resuming {tmp}: {len(items) - len(todo)} of {len(items)} items done",
+                      soft_wrap=True)
     try:
-        with f:
-            for item, record in track(_process(job, todo, opts.workers),
-                                      f"preprocess {reader.name}", total=len(todo)):
+        with f, _deferred_interrupt() as check_interrupt, \
+                closing(_process(job, todo, opts.workers, check_interrupt)) as records:
+            for item, record in track(records, f"preprocess {reader.name}", total=len(todo)):
                 if isinstance(record, VoxelScene):
                     write_scene(f, item, record)
+                    if opts.verbose:
+                        console.print(f"{item}: {len(record.inverse):,} points -> "
+                                      f"{len(record.coord):,} voxels", soft_wrap=True)
                 else:
                     write_object(f, item, record)
                 f.flush()
+                check_interrupt()
     except InputError:
         tmp.unlink(missing_ok=True)
         raise
     except BaseException:
-        console.print(f"partial output kept in {tmp}; run again with --resume to continue")
+        console.print(f"partial output kept in {tmp}; run again with --resume to continue",
+                      soft_wrap=True)
         raise
     os.replace(tmp, output)
     return output
@@ -145,29 +156,64 @@ def _open_output(tmp: Path, meta: StoreMeta, resume: bool):
     return f, set()
 
 
-def _process(job: _Job, items: list[str], workers: int
+@contextmanager
+def _deferred_interrupt() -> Iterator[Callable[[], None]]:
+    """Turn the first Ctrl-C into a flag that the returned check raises between items.
+
+    An interrupt landing inside h5py or multiprocessing code can be swallowed there, or
+    leave a group half-written; deferring it stops the run cleanly after the item in hand.
+    A second Ctrl-C interrupts at once.
+    """
+    interrupted: list[int] = []
+
+    def on_interrupt(signum, frame) -> None:
+        interrupted.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        console.print("interrupted: stopping after the current item (Ctrl-C again to stop now)",
+                      soft_wrap=True)
+
+    def check() -> None:
+        if interrupted:
+            raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield check  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield check
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _process(job: _Job, items: list[str], workers: int, check_interrupt: Callable[[], None]
              ) -> Iterator[tuple[str, VoxelScene | ObjectSample]]:
     """(item, record) for every item in order, computed here or in `workers` processes."""
     if workers == 1 or len(items) <= 1:
         for item in items:
             yield _convert(job, item)
         return
+    workers = min(workers, len(items))
     context = multiprocessing.get_context("spawn")
-    with context.Pool(min(workers, len(items)), initializer=_ignore_interrupts) as pool:
-        yield from pool.imap(_Converter(job), items)
+    with context.Pool(workers, initializer=_ignore_interrupts) as pool:
+        # A bounded window of submitted items: results of big scenes must not pile up in
+        # memory while the main process compresses and writes.
+        queue = iter(items)
+        pending = deque(pool.apply_async(_convert, (job, item))
+                        for item in islice(queue, 2 * workers))
+        while pending:
+            while not pending[0].ready():
+                pending[0].wait(0.2)
+                check_interrupt()
+            result = pending.popleft().get()
+            for item in islice(queue, 1):
+                pending.append(pool.apply_async(_convert, (job, item)))
+            yield result
 
 
 def _ignore_interrupts() -> None:
     """Workers leave Ctrl-C to the main process, which stops the pool."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-@dataclass(frozen=True)
-class _Converter:
-    job: _Job
-
-    def __call__(self, item: str) -> tuple[str, VoxelScene | ObjectSample]:
-        return _convert(self.job, item)
 
 
 def _convert(job: _Job, item: str) -> tuple[str, VoxelScene | ObjectSample]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import h5py
@@ -208,16 +210,16 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch)
     written: list[str] = []
 
     def interrupt_after_two(f, item, record):
-        if len(written) == 2:
-            raise KeyboardInterrupt
         write_scene(f, item, record)
         written.append(item)
+        if len(written) == 2:  # a real Ctrl-C: the run stops once this item is safely written
+            os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(preprocess_module, "write_scene", interrupt_after_two)
     with pytest.raises(KeyboardInterrupt):
         run_preprocess(PreprocessOptions(output=out, **options))
     tmp = temporary_name(out)
-    assert not out.exists() and tmp.exists()
+    assert not out.exists() and tmp.exists() and len(written) == 2
     monkeypatch.setattr(preprocess_module, "write_scene", write_scene)
 
     # A different grid size (or split, or dataset) may not continue this file.
@@ -243,3 +245,39 @@ def test_stale_temporary_file_is_replaced_without_resume(tmp_path):
     temporary_name(out).write_bytes(b"stale junk")
     run_preprocess(PreprocessOptions(dataset="ply", input=raw, output=out, grid_size=GRID))
     assert read_info(out)["scenes"] == 1 and not temporary_name(out).exists()
+
+
+def test_modelnet_objects_end_to_end(tmp_path):
+    raw = tmp_path / "modelnet"
+    rng = np.random.default_rng(0)
+    shapes = {"chair": 2, "airplane": 1}
+    for cls, count in shapes.items():
+        (raw / cls).mkdir(parents=True)
+        for k in range(1, count + 1):
+            table = np.concatenate([rng.normal(size=(300, 3)), np.tile([0.0, 0.0, 1.0], (300, 1))], 1)
+            np.savetxt(raw / cls / f"{cls}_{k:04d}.txt", table, delimiter=",", fmt="%.6f")
+    out = tmp_path / "mn.h5"
+    run_preprocess(PreprocessOptions(dataset="modelnet40", input=raw, output=out, seed=1))
+    info = read_info(out)
+    assert info["scenes"] == 3 and info["voxels"] == 0 and info["points"] == 3 * 8192
+    assert info["class_counts"]["chair"] == 2 and info["class_counts"]["airplane"] == 1
+    assert sum(info["class_counts"].values()) == 3
+
+    from pptkit.data.dataset import ObjectDataset
+
+    data = ObjectDataset(out)
+    sample = data[0]
+    assert sample["coord"].shape == (8192, 3) and sample["label"] == info["class_names"].index("airplane")
+    np.testing.assert_allclose(sample["normal"][:, 2], 1.0)
+
+
+def test_real_s3dis_sample(tmp_path):
+    from tests.conftest import shared_sample
+
+    root = shared_sample("s3dis-sample")
+    out = tmp_path / "s3dis.h5"
+    run_preprocess(PreprocessOptions(dataset="s3dis", input=root, output=out, split="Area_1"))
+    info = read_info(out)
+    assert info["dataset"] == "s3dis" and info["scenes"] == 2
+    assert 0 < info["voxels"] < info["points"]
+    assert sum(info["class_counts"].values()) == info["points"]  # every S3DIS point is labelled
