@@ -9,14 +9,15 @@ import torch
 
 from pptkit.sparse import SparseTensor, sparse_collate
 
-FEATURE_CHANNELS = 6  # colour (3, scaled to [-1, 1]) + normal (3)
+FEATURE_CHANNELS = 6  # colour (3) + normal (3)
 
 
 def scene_features(sample: dict) -> np.ndarray:
-    """Per-voxel input features: colour scaled from 0..255 to [-1, 1], then the normal."""
-    color = np.asarray(sample["color"], dtype=np.float32) / 127.5 - 1.0
-    normal = np.asarray(sample["normal"], dtype=np.float32)
-    return np.concatenate([color, normal], axis=1)
+    """Per-voxel input features: the colour as NormalizeColor left it ([-1, 1]), then the normal."""
+    color = np.asarray(sample["color"])
+    if color.dtype == np.uint8:
+        raise ValueError("colours must be normalised (pptkit.data.transforms.NormalizeColor) before batching")
+    return np.concatenate([color.astype(np.float32), np.asarray(sample["normal"], dtype=np.float32)], axis=1)
 
 
 @dataclass

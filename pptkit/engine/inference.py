@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pptkit.data.transforms import NormalizeColor
 from pptkit.data.voxelize import voxelize
 from pptkit.engine.batch import scene_features
 from pptkit.engine.distributed import DistInfo, all_reduce_sum
@@ -35,7 +36,8 @@ def predict_voxels(model: torch.nn.Module, sample: dict, dataset: int, num_class
         view_coord = coord if view is None else view(coord)
         view_normal = normal if view is None else view.transform_normals(normal)
         vox = voxelize(view_coord, grid_size)
-        feats = scene_features({"color": sample["color"][vox.index], "normal": view_normal[vox.index]})
+        view_sample = NormalizeColor()({"color": sample["color"][vox.index], "normal": view_normal[vox.index]}, None)
+        feats = scene_features(view_sample)
         x, merged = sparse_collate([torch.from_numpy(vox.grid_coord)], [torch.from_numpy(feats)],
                                    device=device)
         logits = model(x, dataset)[merged]  # one row per coarse voxel

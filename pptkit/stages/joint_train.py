@@ -10,7 +10,7 @@ import torch
 
 from pptkit.config import from_dict, load_recipe, to_dict, to_toml
 from pptkit.data.dataset import SceneDataset
-from pptkit.data.transforms import train_transforms
+from pptkit.data.transforms import eval_transforms, train_transforms
 from pptkit.engine.batch import collate
 from pptkit.engine.checkpoint import load_checkpoint, save_checkpoint
 from pptkit.engine.distributed import check_in_sync, cleanup, init_distributed, resolve_device
@@ -97,8 +97,10 @@ def run_joint_train(opts: JointTrainOptions) -> PPTRecipe:
         if name not in train_paths:
             raise InputError(f"validation set '{name}' is not one of the trained datasets {names}", "--val")
 
-    transform = train_transforms(recipe.data.grid_size, point_max=recipe.data.point_max,
-                                 augment=recipe.data.augment)
+    if recipe.data.augment:
+        transform = train_transforms(recipe.data.grid_size, point_max=recipe.data.point_max)
+    else:
+        transform = eval_transforms(recipe.data.grid_size)
     train_sets = [SceneDataset(train_paths[n]) for n in names]
     val_sets = {n: SceneDataset(p, with_points=True) for n, p in val_paths.items()}
     for n, ds in val_sets.items():
