@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -25,3 +26,13 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
         [sys.executable, "-c", "from pptkit.cli import main; main()", "--quiet", *map(str, args)],
         capture_output=True, text=True, cwd=cwd,
     )
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tests run with one intra-op thread: small ops gain nothing from more, and on a busy
+    2-core machine oversubscribed threads made steps 10-50x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
