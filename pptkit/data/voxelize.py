@@ -1,10 +1,12 @@
 """Grid voxelization by sorting packed integer keys: the hot path of preprocessing and training.
 
 Each point falls in the voxel ``floor(coord / grid_size)``; the three integer coordinates are
-packed into one int64 key and sorted. When the key and the point index fit together in 63
-bits, the index rides in the low bits and a plain value sort (much faster than ``argsort``)
-yields the points grouped by voxel *and*, within a voxel, in original order. Everything after
-the sort is linear. Voxels come out in lexicographic (x, y, z) order of their grid
+packed into one int64 key and sorted stably, which groups the points by voxel and keeps them
+in input order within a voxel. Keys of at most 32 bits (rooms up to ~25 x 25 x 5 m at 2 cm)
+of up to 4M points take two linear radix passes; otherwise, when key and point index fit
+together in 63 bits, the index rides in the low bits of the key and a plain value sort
+(much faster than ``argsort``) does it; huge extents fall back to ``np.lexsort``. Everything
+after the sort is linear. Voxels come out in lexicographic (x, y, z) order of their grid
 coordinates, and the representative of each voxel is its first point in input order, so the
 result depends on nothing but the input.
 """
@@ -14,6 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+# Keys of up to two 16-bit digits are radix-sorted when the points are few enough for the
+# passes' gathers to stay cache-friendly: 2-6x faster than a value sort from 100k to 1M
+# points, even at 4M, slower from about 5M (measured on this project's 2-core test machine).
+RADIX_DIGIT_BITS = 16
+RADIX_MAX_POINTS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -58,9 +66,8 @@ def voxelize(coord: np.ndarray, grid_size: float) -> Voxelization:
     index_bits = max(1, (n - 1).bit_length())
     key_bits = (dims[0] * dims[1] * dims[2] - 1).bit_length()
     if key_bits + index_bits <= 63:
-        # (key << index_bits) | point: sorting values groups voxels and keeps input order within.
         # Buffers are reused: at 10M points every fresh array costs page faults.
-        packed = np.zeros(n, dtype=np.int64)
+        key = np.zeros(n, dtype=np.int64)
         scratch = np.empty(n, dtype=np.int64)
         floored = np.empty(n, dtype=scale.dtype)
         for axis, col in enumerate(columns):
@@ -68,22 +75,31 @@ def voxelize(coord: np.ndarray, grid_size: float) -> Voxelization:
             np.floor(floored, out=floored)
             floored -= lows[axis]
             scratch[:] = floored
-            packed *= dims[axis]
-            packed += scratch
-        packed <<= index_bits
-        packed |= np.arange(n, dtype=np.int64)
-        packed.sort()
-        order = np.bitwise_and(packed, (1 << index_bits) - 1, out=scratch)
-        packed >>= index_bits
+            key *= dims[axis]
+            key += scratch
+        if key_bits <= 2 * RADIX_DIGIT_BITS and n <= RADIX_MAX_POINTS:
+            order = _radix_order(key, key_bits)
+            sorted_key = np.take(key, order, out=scratch)
+            free = key
+        else:
+            # (key << index_bits) | point: sorting values groups voxels and keeps input order
+            # within them.
+            key <<= index_bits
+            key |= np.arange(n, dtype=np.int64)
+            key.sort()
+            order = np.bitwise_and(key, (1 << index_bits) - 1, out=scratch)
+            key >>= index_bits
+            sorted_key = free = key
         new_voxel = np.empty(n, dtype=bool)
         new_voxel[0] = True
-        np.not_equal(packed[1:], packed[:-1], out=new_voxel[1:])
+        np.not_equal(sorted_key[1:], sorted_key[:-1], out=new_voxel[1:])
         starts = np.flatnonzero(new_voxel)
-        key = packed[starts]  # decode the voxels' grid coordinates from their keys
-        z = key % dims[2]
-        key //= dims[2]
-        grid_coord = np.stack([key // dims[1], key % dims[1], z], axis=1).astype(np.int32)
-        voxel_of_sorted = np.cumsum(new_voxel, out=packed)
+        voxel_key = sorted_key[starts]  # decode the voxels' grid coordinates from their keys
+        z = voxel_key % dims[2]
+        voxel_key //= dims[2]
+        grid_coord = np.stack([voxel_key // dims[1], voxel_key % dims[1], z],
+                              axis=1).astype(np.int32)
+        voxel_of_sorted = np.cumsum(new_voxel, out=free)
     else:  # huge extents: a stable lexicographic sort over the three columns
         columns = [(np.floor(col / scale) - low).astype(np.int64)
                    for col, low in zip(columns, lows)]
@@ -105,6 +121,16 @@ def voxelize(coord: np.ndarray, grid_size: float) -> Voxelization:
     index = order[starts]
     return Voxelization(grid_coord=grid_coord, index=index, inverse=inverse, counts=counts,
                         order=order, starts=starts)
+
+
+def _radix_order(key: np.ndarray, key_bits: int) -> np.ndarray:
+    """Stable argsort of non-negative `key` < 2**key_bits by least-significant-digit radix
+    passes (numpy's stable argsort of uint16 is a linear-time radix sort)."""
+    order = np.argsort(key.astype(np.uint16), kind="stable")
+    for shift in range(RADIX_DIGIT_BITS, key_bits, RADIX_DIGIT_BITS):
+        digit = (np.take(key, order) >> shift).astype(np.uint16)
+        order = np.take(order, np.argsort(digit, kind="stable"))
+    return order
 
 
 def voxel_mean(vox: Voxelization, values: np.ndarray) -> np.ndarray:

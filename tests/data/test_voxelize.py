@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -58,6 +59,30 @@ def test_matches_reference(seed):
     mode = voxel_mode(vox, labels)
     assert mode.dtype == np.int16
     assert mode.tolist() == [modes[k] for k in keys]
+
+
+def clustered(seed: int, n: int, spread: float) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(-spread, spread, (n // 10, 3))
+    return (centres[rng.integers(0, len(centres), n)] + rng.normal(0, 0.03, (n, 3))).astype(np.float32)
+
+
+@pytest.mark.parametrize("spread, grid", [(1.0, 0.05), (40.0, 0.02)])
+def test_sort_paths_agree_with_reference(monkeypatch, spread, grid):
+    """Radix passes (keys <= 32 bits, few points) and the packed value sort give one result;
+    the wide scene needs keys of more than 32 bits, so it takes the packed sort either way."""
+    coord = clustered(7, 4000, spread)
+    labels = np.random.default_rng(7).integers(0, 3, len(coord)).astype(np.int16)
+    default = voxelize(coord, grid)
+    monkeypatch.setattr(sys.modules["pptkit.data.voxelize"], "RADIX_MAX_POINTS", 0)
+    packed = voxelize(coord, grid)
+    for field in ("grid_coord", "index", "inverse", "counts", "order", "starts"):
+        assert np.array_equal(getattr(default, field), getattr(packed, field)), field
+    points, means, modes = reference(coord, grid, labels)
+    keys = [tuple(g) for g in default.grid_coord.tolist()]
+    assert keys == sorted(points) and default.counts.max() > 1
+    assert default.index.tolist() == [points[k][0] for k in keys]
+    assert voxel_mode(default, labels).tolist() == [modes[k] for k in keys]
 
 
 def test_deterministic_and_order_of_groups():
