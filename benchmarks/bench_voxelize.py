@@ -111,8 +111,11 @@ def markdown(rows: list[dict], meta: dict) -> str:
     lines = [
         f"# Voxelization at {GRID_SIZE} m: pptkit vs Open3D voxel_down_sample",
         "",
-        f"Median of {meta['repeats']} runs; {meta['machine']}; numpy {meta['numpy']}, "
-        f"open3d {meta['open3d']}. Both compute mean coordinate and colour per voxel. "
+        f"Median of {meta['repeats']} interleaved runs; {meta['machine']} (1-minute load average "
+        f"{meta['load_average'][0]} before, {meta['load_average'][1]} after: other jobs share the "
+        f"machine, so absolute times are noisy); numpy {meta['numpy']}, open3d {meta['open3d']}. "
+        "Both compute mean coordinate and colour per voxel; Open3D's PointCloud is built "
+        "outside the timing. "
         "(Open3D anchors its grid at min - size/2, so its voxel count differs slightly.)",
         "",
         "| points | voxels | pptkit ms | open3d ms | speed-up | pptkit ms / M points |",
@@ -141,7 +144,9 @@ def main() -> None:
     meta = {"repeats": args.repeats, "grid_size": GRID_SIZE, "numpy": np.__version__,
             "open3d": o3d.__version__,
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"}
+    load_before = os.getloadavg()[0]
     rows = run(args.sizes, args.repeats)
+    meta["load_average"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
     table = markdown(rows, meta)
     print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
