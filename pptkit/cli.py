@@ -66,7 +66,7 @@ def synth(
 
 @app.command()
 def preprocess(
-    dataset: Annotated[str, typer.Option(help="scannet | s3dis | structured3d | pointcept | modelnet40 | scanobjectnn | ply | npy")],
+    dataset: Annotated[str, typer.Option(help="scannet | s3dis | structured3d | modelnet40 | scanobjectnn | ply | npy")],
     input: Annotated[Path, typer.Option("--input", help="Folder (or file) with the raw data.")],
     output: Annotated[Path, typer.Option("--output", help="HDF5 file to write.")],
     split: Annotated[Optional[str], typer.Option(help="Split to take (train, val, test, …); the dataset's default when omitted.")] = None,
@@ -152,6 +152,10 @@ def main() -> None:
     except InputError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted: the last complete checkpoint or finished scenes are kept (use --resume)",
+                      highlight=False, soft_wrap=True)
+        sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - the one place unexpected failures are reported
         if _verbose:
             console.print_exception()
