@@ -37,7 +37,7 @@ def _apply(feats: Tensor, weight: Tensor, kmap: KernelMap, transpose_weight: boo
         p = product[:n]
         torch.index_select(feats, 0, src, out=g)
         torch.mm(g, weight[k].t() if transpose_weight else weight[k], out=p)
-        out.index_add_(0, kmap.out_idx[k], p)
+        out.index_put_((kmap.out_idx[k],), p, accumulate=True)
     return out
 
 
