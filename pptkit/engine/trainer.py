@@ -19,7 +19,7 @@ from pptkit.data.classes import IGNORE_INDEX
 from pptkit.engine.checkpoint import save_checkpoint
 from pptkit.engine.distributed import DistInfo, all_reduce_sum
 from pptkit.engine.run_dir import RunDir
-from pptkit.progress import console, make_progress
+from pptkit.progress import console, fancy, make_progress
 
 
 @dataclass
@@ -63,6 +63,7 @@ def train(
 ) -> TrainState:
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    last_line = 0.0  # when a plain progress line was last printed (no live bar off a terminal)
     with make_progress() as progress:
         task = progress.add_task("train", total=cfg.epochs * steps_per_epoch,
                                  completed=state.epoch * steps_per_epoch, status="")
@@ -98,9 +99,13 @@ def train(
                 seen[dataset_names[batch.dataset]] += 1
                 lr = optimizer.param_groups[0]["lr"]
                 rate = voxels / max(time.perf_counter() - started, 1e-9)
-                progress.update(task, advance=1, status=(
-                    f"epoch {epoch + 1}/{cfg.epochs} loss {loss.item():.3f} lr {lr:.2e} "
-                    f"{rate / 1000:.1f}k vox/s " + " ".join(f"{k}:{v}" for k, v in seen.items())))
+                status = (f"epoch {epoch + 1}/{cfg.epochs} step {state.step} loss {loss.item():.3f} "
+                          f"lr {lr:.2e} {rate / 1000:.1f}k vox/s "
+                          + " ".join(f"{k}:{v}" for k, v in seen.items()))
+                progress.update(task, advance=1, status=status)
+                if not fancy() and dist.is_main and time.monotonic() - last_line > 10:
+                    console.print(status, highlight=False)
+                    last_line = time.monotonic()
                 if state.step % cfg.log_every == 0:
                     run.log({"step": state.step, "epoch": epoch + 1, "split": "train",
                              "loss": loss.item(), "lr": lr, "dataset": dataset_names[batch.dataset],
