@@ -85,7 +85,8 @@ class _ManagerState:
     """The ME coordinate manager of one context and the map key of each inserted stride."""
 
     def __init__(self, me: ModuleType):
-        self.manager = me.CoordinateManager(D=3)
+        # ME would otherwise take min(cpu_count, 20) OpenMP threads; follow torch's setting
+        self.manager = me.CoordinateManager(D=3, num_threads=torch.get_num_threads())
         self.keys: dict[int, object] = {}
 
 

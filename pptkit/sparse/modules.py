@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from pptkit.sparse import minkowski_backend
 from pptkit.sparse.kernel_map import downsample_coords, strided_map, submanifold_map
 from pptkit.sparse.tensor import SparseTensor
-from pptkit.sparse.torch_backend import sparse_conv
+from pptkit.sparse.torch_backend import single_threaded, sparse_conv
 
 BACKENDS = ("torch", "minkowski")
 
@@ -93,24 +93,30 @@ class SubMConv3d(_SparseConvBase):
         else:
             kmap = x.context.kernel_map(
                 (x.stride, self.kernel_size, "subm"),
-                lambda: submanifold_map(x.coords, x.stride, self.kernel_size),
+                lambda: _build(x, lambda: submanifold_map(x.coords, x.stride, self.kernel_size)),
             )
             feats = sparse_conv(x.feats, self.weight, kmap)
         return self._finish(feats, x, x.coords, x.stride)
+
+
+def _build(on: SparseTensor | Tensor, build):
+    """Coordinate / kernel-map construction: single-threaded on CPU (see torch_backend)."""
+    device = on.device
+    return single_threaded(build) if device.type == "cpu" else build()
 
 
 def _coarse_coords(x: SparseTensor, conv_stride: int) -> Tensor:
     """The context's coordinates at stride x.stride * conv_stride, created on first use."""
     out_stride = x.stride * conv_stride
     if out_stride not in x.context.strides:
-        x.context.register(out_stride, downsample_coords(x.coords, x.stride, conv_stride))
+        x.context.register(out_stride, _build(x, lambda: downsample_coords(x.coords, x.stride, conv_stride)))
     return x.context.coords(out_stride)
 
 
 def _strided_map(context, fine_coords: Tensor, coarse_coords: Tensor, fine_stride: int, kernel_size: int, conv_stride: int):
     return context.kernel_map(
         (fine_stride, kernel_size, f"down{conv_stride}"),
-        lambda: strided_map(fine_coords, coarse_coords, fine_stride, kernel_size, conv_stride),
+        lambda: _build(fine_coords, lambda: strided_map(fine_coords, coarse_coords, fine_stride, kernel_size, conv_stride)),
     )
 
 
@@ -137,7 +143,7 @@ class Conv3d(_SparseConvBase):
         elif self.stride == 1:
             kmap = x.context.kernel_map(
                 (x.stride, self.kernel_size, "subm"),
-                lambda: submanifold_map(x.coords, x.stride, self.kernel_size),
+                lambda: _build(x, lambda: submanifold_map(x.coords, x.stride, self.kernel_size)),
             )
             feats = sparse_conv(x.feats, self.weight, kmap)
         else:
