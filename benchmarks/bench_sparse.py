@@ -15,9 +15,9 @@ Each (case, size, backend) runs in its own subprocess with `torch.set_num_thread
 threads, 2 on 2 cores, either way). The default is 1 thread: on 2 cores shared with other jobs,
 every OpenMP-parallel op (BatchNorm, ReLU, ...) waits at a barrier for a descheduled thread; a
 BatchNorm1d over 30k x 96 took 49 ms with 2 threads and 2 ms with 1, which swamps both backends
-alike. Convolutions still get 2 threads on both sides: OpenBLAS's inside ME's GEMMs, and
-`set_cpu_workers(--workers)` worker threads (one offset group each) in the torch backend.
-Pass --threads 2 on an otherwise idle machine. Time = median over the repeats.
+alike. ME's GEMMs still use OpenBLAS's own 2 threads. `--workers` sets the torch backend's
+convolution worker threads (`set_cpu_workers`); 2 workers lost to 1 at load ~4.5 (UNet 50k:
+7.5 s vs 6.4 s, more memory). Pass --threads 2 --workers 2 on an otherwise idle machine. Time = median over the repeats.
 Memory = peak RSS delta: the subprocess's ru_maxrss at the end minus its RSS just before the
 first timed repeat (data, model and weights already built), i.e. the most extra memory the
 forward + backward needed; it includes allocator slack, and is the same measure for both.
@@ -136,7 +136,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[50_000, 200_000])
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (1 suits shared cores, see the docstring)")
-    parser.add_argument("--workers", type=int, default=2, help="torch-backend convolution worker threads")
+    parser.add_argument("--workers", type=int, default=1, help="torch-backend convolution worker threads")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per op case")
     parser.add_argument("--unet-repeats", type=int, default=2, help="timed repeats per whole-UNet case")
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
