@@ -37,9 +37,9 @@ def build_model(cfg: ModelConfig, labels: UnionLabelSpace, datasets: list[str],
     """
     num_domains = len(datasets)
     if cfg.adapter == "pdnorm":
-        norm = pdnorm_factory(num_domains, cfg.context_channels, eps=1e-3, momentum=0.01)
+        norm = pdnorm_factory(num_domains, cfg.context_channels, eps=cfg.norm_eps, momentum=cfg.norm_momentum)
     else:
-        norm = partial(BatchNorm, eps=1e-3, momentum=0.01)
+        norm = partial(BatchNorm, eps=cfg.norm_eps, momentum=cfg.norm_momentum)
     if cfg.backbone == "spunet":
         backbone = SparseUNet(FEATURE_CHANNELS, 0, base_channels=cfg.base_channels,
                               channels=cfg.channels, layers=cfg.layers, norm_layer=norm,

@@ -17,6 +17,8 @@ class ModelConfig:
     channels: tuple[int, ...] = (32, 64, 128, 256, 256, 128, 96, 96)  # spunet only
     layers: tuple[int, ...] = (2, 3, 4, 6, 2, 2, 2, 2)  # spunet only
     backend: Literal["torch", "minkowski"] = "torch"
+    norm_eps: float = 1e-3
+    norm_momentum: float = 0.01  # running-statistics momentum; short CPU schedules need more (0.1)
     adapter: Literal["pdnorm", "direct", "none"] = "pdnorm"  # how the domain prompt enters
     head: Literal["language", "decoupled", "unionized"] = "language"
     context_channels: int = 256  # domain prompt size
