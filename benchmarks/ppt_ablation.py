@@ -47,6 +47,7 @@ STYLES = ("structured3d", "scannet", "s3dis")
 MODEL_OVERRIDES = [
     "model.base_channels=16", "model.channels=[16,32,48,64,48,32,32,32]",
     "model.layers=[1,1,1,1,1,1,1,1]", "model.context_channels=32",
+    "model.norm_momentum=0.01",
     "data.batch_size=2", "data.num_workers=0", "data.point_max=40000", "data.augment=true",
     "data.ratios={structured3d=1,scannet=1,s3dis=1}",
     "train.eval_every=1000", "train.log_every=20", "train.amp=false",

@@ -216,10 +216,12 @@ def _optimizer(model, recipe: PPTRecipe, total_steps: int):
     optimizer = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
                                 nesterov=o.nesterov)
     if o.scheduler == "onecycle":
+        # OneCycleLR needs at least one step in each phase: very short runs get a longer warm-up.
+        steps = max(total_steps, 3)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=[g["lr"] for g in groups], total_steps=max(1, total_steps),
-            pct_start=o.pct_start, anneal_strategy="cos", div_factor=o.div_factor,
-            final_div_factor=o.final_div_factor)
+            optimizer, max_lr=[g["lr"] for g in groups], total_steps=steps,
+            pct_start=min(max(o.pct_start, 1.5 / steps), 0.5), anneal_strategy="cos",
+            div_factor=o.div_factor, final_div_factor=o.final_div_factor)
     elif o.scheduler == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
     else:
