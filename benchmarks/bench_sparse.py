@@ -147,7 +147,7 @@ def main() -> None:
         print(json.dumps(run_case(case, int(size), backend, int(threads), int(workers), int(repeats))))
         return
 
-    from pptkit.fileio import atomic_path
+    from pptkit.fileio import write_text_atomic
     from pptkit.sparse import available_backends
 
     backends = available_backends()
@@ -195,10 +195,8 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     meta = {"threads": args.threads, "workers": args.workers, "repeats": args.repeats, "unet_repeats": args.unet_repeats,
             "cpus": os.cpu_count(), "load_end": os.getloadavg()[0], "total_s": total}
-    with atomic_path(RESULTS / "sparse.md") as tmp:
-        Path(tmp).write_text(text)
-    with atomic_path(RESULTS / "sparse.json") as tmp:
-        Path(tmp).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    write_text_atomic(RESULTS / "sparse.md", text)
+    write_text_atomic(RESULTS / "sparse.json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

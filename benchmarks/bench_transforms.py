@@ -40,6 +40,7 @@ from scipy.ndimage import convolve
 
 import torch
 
+from pptkit.fileio import write_text_atomic
 from pptkit.data import transforms as T
 from pptkit.data.voxelize import voxel_mean, voxelize
 
@@ -244,11 +245,6 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -288,8 +284,8 @@ def main() -> None:
     table = markdown(result)
     print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    save(RESULTS / "transforms.md", table)
-    save(RESULTS / "transforms.json", json.dumps(result, indent=2) + "\n")
+    write_text_atomic(RESULTS / "transforms.md", table)
+    write_text_atomic(RESULTS / "transforms.json", json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pptkit.fileio import write_text_atomic
 from pptkit.data.voxelize import voxel_mean, voxelize
 
 GRID_SIZE = 0.02
@@ -128,11 +129,6 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -150,8 +146,8 @@ def main() -> None:
     table = markdown(rows, meta)
     print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    save(RESULTS / "voxelize.md", table)
-    save(RESULTS / "voxelize.json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    write_text_atomic(RESULTS / "voxelize.md", table)
+    write_text_atomic(RESULTS / "voxelize.json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -273,11 +273,6 @@ def markdown(rows: dict[str, dict[str, list[float]]], raw_rows: dict[str, dict[s
     )
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -336,8 +331,8 @@ def main() -> None:
     print(table)
     if not args.no_write:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        _write_atomic(RESULTS / "ppt_ablation.md", table)
-        _write_atomic(RESULTS / "ppt_ablation.json", json.dumps(
+        write_text_atomic(RESULTS / "ppt_ablation.md", table)
+        write_text_atomic(RESULTS / "ppt_ablation.json", json.dumps(
             {"meta": meta, "rows": rows, "rows_trained_norms": raw_rows, "runs": sorted(runs, key=lambda r: (r["setting"], r["seed"]))}, indent=1))
 
 

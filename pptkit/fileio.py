@@ -50,3 +50,9 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists():
         path.unlink()
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a small text file (a table, a JSON report) so readers never see half of it."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pptkit.fileio import atomic_path
+from pptkit.fileio import write_text_atomic
 
 
 class RunDir:
@@ -36,8 +36,7 @@ class RunDir:
 
     def write_config(self, toml_text: str) -> None:
         if self.writer:
-            with atomic_path(self.path / "config.toml") as tmp:
-                tmp.write_text(toml_text)
+            write_text_atomic(self.path / "config.toml", toml_text)
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one JSON line (`step`, `epoch`, `split`, metrics) and mirror scalars to TensorBoard."""
@@ -58,8 +57,7 @@ class RunDir:
         if not self.writer or not path.exists():
             return
         kept = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= step]
-        with atomic_path(path) as tmp:
-            tmp.write_text("".join(line + "\n" for line in kept))
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
 
     def close(self) -> None:
         if self._tb is not None:
