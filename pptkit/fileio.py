@@ -28,19 +28,14 @@ def temporary_name(path: str | Path) -> Path:
 
 
 @contextmanager
-def atomic_path(path: str | Path, keep_partial: bool = False) -> Iterator[Path]:
-    """Yield a temporary path; on success rename it to `path`, on failure remove it.
-
-    With `keep_partial` the temporary file survives a failure or Ctrl-C, which is what
-    resumable jobs (``preprocess --resume``) continue from.
-    """
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path; on success rename it to `path`, on failure (or Ctrl-C) remove it."""
     path = Path(path)
     tmp = temporary_name(path)
     try:
         yield tmp
     except BaseException:
-        if not keep_partial:
-            _remove(tmp)
+        _remove(tmp)
         raise
     os.replace(tmp, path)
 

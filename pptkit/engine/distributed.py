@@ -68,11 +68,6 @@ def check_in_sync(model: torch.nn.Module) -> bool:
     return bool((high - low).abs().item() <= 1e-9 * max(1.0, checksum.abs().item()))
 
 
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
