@@ -122,7 +122,7 @@ def test_same_seed_same_weights_other_seed_differs(style_data, tmp_path):
 
 def test_two_cpu_processes_train_one_model(style_data, tmp_path):
     run = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "pptkit", "--quiet", "joint-train", "--recipe", str(RECIPE), "--out", str(run),
            "--device", "cpu", *data_args(style_data, "train"),
            *[arg for item in TINY + ["train.epochs=1"] for arg in ("--set", item)]]
