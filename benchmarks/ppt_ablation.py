@@ -261,7 +261,7 @@ def markdown(rows: dict[str, dict[str, list[float]]], raw_rows: dict[str, dict[s
         f"{meta['steps_per_style']} batches of {meta['batch_size']} rooms in every setting; a joint run "
         f"takes {len(STYLES)}x the optimiser steps of a single run). Last checkpoint, no model selection, "
         "no test-time augmentation.\n"
-        "Norm recalibration: the backbone's norms use momentum 0.01 (fixed in pptkit.stages.ppt_model); "
+        "Norm recalibration: the backbone's norms use momentum 0.01 (the paper's value, pinned by this benchmark's overrides; recipe field model.norm_momentum); "
         "after this short schedule their running statistics are stale, and more so for per-domain norms "
         "(single runs, PDNorm: one third of a joint run's updates) than for a joint run's shared BN. The first "
         "table resets every BatchNorm and takes the cumulative average over one pass of the model's own "
