@@ -83,7 +83,12 @@ def run_joint_train(opts: JointTrainOptions) -> PPTRecipe:
     device = resolve_device(opts.device)
     dist = init_distributed(device)
     run = RunDir(opts.out, writer=dist.is_main)
-    recipe = _resolve_recipe(opts, run)
+    checkpoint = None
+    if opts.resume:
+        if not run.last.is_file():
+            raise InputError("nothing to resume (no last.pt)", run.path)
+        checkpoint = load_checkpoint(run.last, device)
+    recipe = _resolve_recipe(opts, run, checkpoint)
     train_paths = parse_named_paths(opts.data, "--data")
     val_paths = parse_named_paths(opts.val, "--val")
     if not train_paths:
@@ -130,8 +135,8 @@ def run_joint_train(opts: JointTrainOptions) -> PPTRecipe:
     optimizer, scheduler = _optimizer(model, recipe, steps_per_epoch * recipe.train.epochs)
 
     state = TrainState()
-    if opts.resume:
-        state = restore(load_checkpoint(run.last, device), model, optimizer, scheduler)
+    if checkpoint is not None:
+        state = restore(checkpoint, model, optimizer, scheduler)
         run.truncate_metrics(state.step)
         console.print(f"resuming {run.last} at epoch {state.epoch}, step {state.step}")
 
@@ -173,13 +178,11 @@ def run_joint_train(opts: JointTrainOptions) -> PPTRecipe:
     return recipe
 
 
-def _resolve_recipe(opts: JointTrainOptions, run: RunDir) -> PPTRecipe:
-    """The recipe plus overrides; on --resume it must equal the run's own config."""
+def _resolve_recipe(opts: JointTrainOptions, run: RunDir, checkpoint: dict | None) -> PPTRecipe:
+    """The recipe plus overrides; when resuming it must equal the checkpoint's own config."""
     recipe = load_recipe(opts.recipe, PPTRecipe, opts.overrides)
-    if opts.resume:
-        if not run.last.is_file():
-            raise InputError("nothing to resume (no last.pt)", run.path)
-        saved = from_dict(PPTRecipe, load_checkpoint(run.last)["config"], str(run.last))
+    if checkpoint is not None:
+        saved = from_dict(PPTRecipe, checkpoint["config"], str(run.last))
         if opts.recipe is None and not opts.overrides:
             return saved
         if saved != recipe:
