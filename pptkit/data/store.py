@@ -196,13 +196,19 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def write_scene(f, item: str, scene: VoxelScene) -> None:
-    """Add (or replace) the group of `item`; attr complete is set last."""
+def _fresh_group(f, item: str):
+    """An empty group for `item`, replacing any earlier (possibly half-written) one."""
     name = group_name(item)
     if name in f:
         del f[name]
     group = f.create_group(name)
     group.attrs["name"] = item
+    return group
+
+
+def write_scene(f, item: str, scene: VoxelScene) -> None:
+    """Add (or replace) the group of `item`; attr complete is set last."""
+    group = _fresh_group(f, item)
     for key in ("grid_coord", "coord", "color", "normal", "segment", "instance"):
         _dataset(group, key, getattr(scene, key))
     points = group.create_group("points")
@@ -215,11 +221,7 @@ def write_scene(f, item: str, scene: VoxelScene) -> None:
 
 def write_object(f, item: str, obj: ObjectSample) -> None:
     """Add (or replace) the group of object `item`; attr complete is set last."""
-    name = group_name(item)
-    if name in f:
-        del f[name]
-    group = f.create_group(name)
-    group.attrs["name"] = item
+    group = _fresh_group(f, item)
     _dataset(group, "coord", obj.coord)
     _dataset(group, "normal", obj.normal)
     group.attrs["label"] = obj.label
