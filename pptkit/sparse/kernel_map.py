@@ -7,7 +7,8 @@ units of the *input* tensor stride. Weight row `weight[i]` multiplies the input 
 `out_coord + offsets[i] * in_stride` (MinkowskiEngine's convention; for a transposed
 convolution the same pairs are used with input and output swapped).
 
-A kernel map lists, per offset, the (input row, output row) pairs it connects. Coordinates
+A kernel map lists, per offset, the (input row, output row) pairs it connects, sorted by
+output row so that a range of output rows owns a contiguous slice of every offset. Coordinates
 are hashed to int64 keys in a frame padded by the kernel reach, so adding an offset to a
 coordinate is adding a constant to its key; neighbours are found with one sort of the
 input keys and a searchsorted per offset.
@@ -23,6 +24,9 @@ import torch
 from torch import Tensor
 
 
+SPLIT_POINTS = 64  # candidate cuts when output rows are split among workers
+
+
 def kernel_offsets(kernel_size: int) -> list[tuple[int, int, int]]:
     """Kernel offsets in canonical order (lexicographic (dx, dy, dz), dz fastest)."""
     if kernel_size < 1:
@@ -36,9 +40,10 @@ class KernelMap:
     """Per-offset (input row, output row) pairs of a convolution, stored offset by offset.
 
     `in_idx[i]` / `out_idx[i]` hold the pairs of kernel offset `i` (int64, contiguous, empty
-    for offsets with no pair). `identity` is the offset whose pairs are exactly row i -> row i
-    for all rows (the centre of a submanifold kernel); its pairs are not stored and it is
-    applied as a plain matrix product.
+    for offsets with no pair), sorted by output row. `identity` is the offset whose pairs are
+    exactly row i -> row i for all rows (the centre of a submanifold kernel); its pairs are not
+    stored and it is applied as a plain matrix product. `mirrored`: the pairs of offset i,
+    swapped, are the pairs of offset K-1-i (true of every submanifold map).
     """
 
     num_in: int
@@ -46,6 +51,7 @@ class KernelMap:
     in_idx: tuple[Tensor, ...]
     out_idx: tuple[Tensor, ...]
     identity: int | None
+    mirrored: bool = False
 
     @property
     def kernel_volume(self) -> int:
@@ -61,9 +67,38 @@ class KernelMap:
         return max((idx.numel() for idx in self.in_idx), default=0)
 
     @cached_property
+    def split_points(self) -> tuple[list[int], list[list[int]], list[int]]:
+        """Candidate places to cut the output rows into ranges for parallel workers.
+
+        (rows, starts, below): `rows` = SPLIT_POINTS + 1 evenly spaced output rows from 0 to
+        num_out; `starts[k][j]` = position of offset k's first pair whose output row is >=
+        rows[j] (pairs are sorted by output row); `below[j]` = pairs with an output row below
+        rows[j], the identity's included.
+        """
+        device = self.out_idx[0].device if self.out_idx else torch.device("cpu")
+        rows = torch.arange(SPLIT_POINTS + 1, device=device) * self.num_out // SPLIT_POINTS
+        starts = torch.stack([torch.searchsorted(idx, rows) for idx in self.out_idx]) if self.out_idx else rows[None] * 0
+        below = starts.sum(0) + (rows if self.identity is not None else 0)
+        return rows.tolist(), starts.tolist(), below.tolist()
+
+    @cached_property
     def transposed(self) -> KernelMap:
-        """The same pairs with input and output exchanged (for transposed convolution)."""
-        return KernelMap(self.num_out, self.num_in, self.out_idx, self.in_idx, self.identity)
+        """The same pairs per offset with input and output exchanged, sorted by the new output row
+        (for transposed convolution and for the input gradient). A mirrored map needs no sorting:
+        offset i swapped is offset K-1-i as stored."""
+        if self.mirrored:
+            flipped = KernelMap(self.num_out, self.num_in, self.in_idx[::-1], self.out_idx[::-1], self.identity, True)
+        else:
+            in_idx, out_idx = zip(*(_swap_sorted(i, o) for i, o in zip(self.in_idx, self.out_idx)))
+            flipped = KernelMap(self.num_out, self.num_in, in_idx, out_idx, self.identity)
+        flipped.__dict__["transposed"] = self  # transposing back gives this map, not a re-sorted copy
+        return flipped
+
+
+def _swap_sorted(in_idx: Tensor, out_idx: Tensor) -> tuple[Tensor, Tensor]:
+    """Pairs (in, out) -> (out, in), sorted by the new output row (the old input row)."""
+    new_out, order = torch.sort(in_idx, stable=True)
+    return out_idx[order], new_out
 
 
 class _Frame:
@@ -100,7 +135,7 @@ def _grid(coords: Tensor, stride: int) -> Tensor:
 
 
 def _search(sorted_keys: Tensor, order: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
-    """Rows of `query` found among the keys: (input rows, query rows), both int64."""
+    """Rows of `query` found among the keys: (input rows, query rows in ascending order), int64."""
     if sorted_keys.numel() == 0 or query.numel() == 0:
         empty = torch.empty(0, dtype=torch.int64, device=query.device)
         return empty, empty
@@ -114,7 +149,8 @@ def _search(sorted_keys: Tensor, order: Tensor, query: Tensor) -> tuple[Tensor, 
 def submanifold_map(coords: Tensor, stride: int, kernel_size: int) -> KernelMap:
     """Kernel map of a submanifold convolution: output rows are the input rows.
 
-    Only half the offsets are searched: the pairs of offset -d are those of +d reversed.
+    Only half the offsets are searched: the pairs of offset -d are those of +d swapped (and
+    re-sorted by output row).
     """
     if kernel_size % 2 == 0:
         raise ValueError(f"submanifold convolution needs an odd kernel_size, got {kernel_size}")
@@ -131,9 +167,9 @@ def submanifold_map(coords: Tensor, stride: int, kernel_size: int) -> KernelMap:
     for i in range(centre):  # offsets before the centre; the mirror of offsets[i] is offsets[-1 - i]
         src, dst = _search(sorted_keys, order, keys + frame.delta(offsets[i]))
         in_idx[i], out_idx[i] = src.contiguous(), dst.contiguous()
-        in_idx[-1 - i], out_idx[-1 - i] = out_idx[i], in_idx[i]
+        in_idx[-1 - i], out_idx[-1 - i] = _swap_sorted(in_idx[i], out_idx[i])
     n = coords.shape[0]
-    return KernelMap(n, n, tuple(in_idx), tuple(out_idx), identity=centre)
+    return KernelMap(n, n, tuple(in_idx), tuple(out_idx), identity=centre, mirrored=True)
 
 
 def downsample_coords(coords: Tensor, stride: int, conv_stride: int) -> Tensor:

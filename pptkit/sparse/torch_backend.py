@@ -1,23 +1,37 @@
 """Pure-PyTorch sparse convolution: gather -> matmul -> scatter-add per kernel offset.
 
-The autograd function saves only the input features, the weight and the kernel map;
-backward recomputes the per-offset gathers instead of keeping them alive, and gathers each
-offset's output-gradient rows once for both the input and the weight gradient. The identity
-offset (centre of a submanifold kernel) is a plain matrix product with no gather or scatter.
-Each worker gathers and multiplies into two scratch buffers sized for its largest offset.
+out[o] = sum over the pairs (i, o) of each offset k of feats[i] @ W[k]. The autograd function
+saves only the input features, the weight and the kernel map; backward recomputes the gathers
+instead of keeping per-offset copies alive. The identity offset (centre of a submanifold
+kernel) is a plain matrix product with no gather or scatter.
 
-On CPU the offsets are split into balanced groups, one per intra-op thread, and each group
-runs single-threaded in its own worker thread with its own output buffer (summed at the end).
-This costs one join per layer instead of one OpenMP barrier per gather / GEMM / scatter,
-which matters on small machines whose cores are shared: there, a barrier waits for the
-descheduled thread and thousands of small parallel ops per network pass stall for whole
-scheduler slices. On CUDA everything runs in order on the current stream.
+Work is split so that parallel workers never write to the same memory:
+- output rows (of the forward pass, and of the input gradient, which is a forward pass over
+  the transposed map with W[k]^T) are cut into contiguous ranges of about equal pair counts.
+  Kernel maps keep each offset's pairs sorted by output row, so a range owns a contiguous
+  slice of every offset, and each worker scatters into its own rows of the one output;
+- the weight gradient follows the input-gradient split: each worker adds the terms of its
+  rows into its own (K, C_in, C_out) partial sum, re-using the output-gradient rows it has
+  gathered for the input gradient; the partial sums are added in worker order.
+Every feature row sums its terms in the same order (identity, then offsets in canonical
+order) whatever the number of workers. Pairs go through in chunks of at most
+`CHUNK_ELEMENTS` values per scratch buffer, so scratch memory stays a few MB per worker
+whatever the scene size. Outputs and scratch are allocated by the calling thread: memory
+freed by worker threads would return to per-thread malloc arenas and stay resident.
+
+On CPU the workers are threads of a small pool, each running torch single-threaded: one join
+per convolution instead of one OpenMP barrier per gather / GEMM / scatter, which matters on
+small machines whose cores are shared (a barrier waits for a descheduled thread, and the
+thousands of small parallel ops of a network pass stall for whole scheduler slices). On CUDA
+everything runs in order on the current stream.
 """
 
 from __future__ import annotations
 
+import bisect
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Callable, TypeVar
 
 import torch
@@ -27,6 +41,7 @@ from torch.autograd import Function
 from pptkit.sparse.kernel_map import KernelMap
 
 T = TypeVar("T")
+CHUNK_ELEMENTS = 1 << 17  # values per scratch buffer: 512 KB in float32, so a chunk stays in L2
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 _CPU_WORKERS: int | None = None
@@ -42,6 +57,12 @@ def set_cpu_workers(workers: int | None) -> None:
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     _CPU_WORKERS = workers
+
+
+def _workers(device: torch.device) -> int:
+    if device.type != "cpu":
+        return 1
+    return _CPU_WORKERS if _CPU_WORKERS is not None else torch.get_num_threads()
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
@@ -68,112 +89,145 @@ def single_threaded(build: Callable[[], T]) -> T:
         torch.set_num_threads(threads)
 
 
-def _groups(kmap: KernelMap, workers: int) -> list[list[int]]:
-    """Active offsets split into `workers` groups of about equal pair counts (identity counts N)."""
-    sizes = {k: kmap.in_idx[k].numel() for k in kmap.active}
-    if kmap.identity is not None:
-        sizes[kmap.identity] = kmap.num_in
-    groups: list[list[int]] = [[] for _ in range(max(1, min(workers, len(sizes))))]
-    loads = [0] * len(groups)
-    for k in sorted(sizes, key=sizes.__getitem__, reverse=True):
-        i = loads.index(min(loads))
-        groups[i].append(k)
-        loads[i] += sizes[k]
-    return groups
-
-
-def _run_groups(task, kmap: KernelMap, device: torch.device) -> list:
-    """Run task(offsets) per group: in worker threads on CPU (single-threaded each), else inline."""
-    if device.type != "cpu":
-        workers = 1
-    else:
-        workers = _CPU_WORKERS if _CPU_WORKERS is not None else torch.get_num_threads()
-    groups = _groups(kmap, workers)
-    if len(groups) == 1:
-        return [task(groups[0])]
+def _run(tasks: list[Callable[[], None]], device: torch.device) -> None:
+    """Run the tasks: in pool threads on CPU (single-threaded each), else in order here."""
+    if len(tasks) == 1 or device.type != "cpu":
+        for task in tasks:
+            task()
+        return
     threads = torch.get_num_threads()
 
-    def single_threaded(offsets):
+    def run_single_threaded(task: Callable[[], None]) -> None:
         torch.set_num_threads(1)
         with torch.no_grad():  # grad mode is per thread; the caller is inside autograd already
-            return task(offsets)
+            task()
 
     try:
-        return list(_pool(len(groups)).map(single_threaded, groups))
+        for future in [_pool(len(tasks)).submit(run_single_threaded, task) for task in tasks]:
+            future.result()
     finally:
         torch.set_num_threads(threads)
 
 
-def _scratch(kmap: KernelMap, offsets: list[int], like: Tensor, *widths: int) -> list[Tensor]:
-    rows = max((kmap.in_idx[k].numel() for k in offsets if k != kmap.identity), default=0)
-    return [like.new_empty(rows, w) for w in widths]
+def _row_ranges(kmap: KernelMap, parts: int) -> list[tuple[int, int]]:
+    """Up to `parts` contiguous output-row ranges with about equal pair counts, as (start, end)
+    indices into `kmap.split_points` (the candidate boundaries)."""
+    _, _, below = kmap.split_points
+    last = len(below) - 1
+    cuts = [0]
+    for part in range(1, parts):
+        cuts.append(max(cuts[-1], bisect.bisect_left(below, below[-1] * part / parts)))
+    cuts.append(last)
+    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a] or [(0, last)]
+
+
+def _scratch(kmap: KernelMap, like: Tensor, width: int, count: int) -> tuple[list[Tensor], int]:
+    """`count` flat scratch buffers for chunks of up to `rows` pairs of up to `width` channels."""
+    rows = max(1, min(kmap.max_pairs, CHUNK_ELEMENTS // max(width, 1)))
+    return [like.new_empty(rows * width) for _ in range(count)], rows
+
+
+def _convolve_rows(
+    out: Tensor, feats: Tensor, weight: Tensor, kmap: KernelMap, span: tuple[int, int], scratch: tuple
+) -> None:
+    """Fill the rows `span` (indices into kmap.split_points) of out = sparse_conv(feats, weight)."""
+    rows, starts, _ = kmap.split_points
+    first, last = rows[span[0]], rows[span[1]]
+    c_in, c_out = weight.shape[1], weight.shape[2]
+    (gather_buf, product_buf), chunk = scratch
+    if kmap.identity is not None:
+        torch.mm(feats[first:last], weight[kmap.identity], out=out[first:last])
+    else:
+        out[first:last].zero_()
+    for k in kmap.active:
+        end = starts[k][span[1]]
+        for begin in range(starts[k][span[0]], end, chunk):
+            stop = min(begin + chunk, end)
+            n = stop - begin
+            gathered = gather_buf[: n * c_in].view(n, c_in)
+            product = product_buf[: n * c_out].view(n, c_out)
+            torch.index_select(feats, 0, kmap.in_idx[k][begin:stop], out=gathered)
+            torch.mm(gathered, weight[k], out=product)
+            out.index_add_(0, kmap.out_idx[k][begin:stop], product)
+
+
+def _backward_rows(
+    grad_feats: Tensor | None,
+    grad_weight: Tensor | None,
+    feats: Tensor,
+    weight: Tensor,
+    grad_out: Tensor,
+    transposed: KernelMap,
+    span: tuple[int, int],
+    scratch: tuple,
+) -> None:
+    """Input-gradient rows `span` (indices into transposed.split_points) and these rows' share of
+    the weight gradient, added to `grad_weight`. Each chunk of output-gradient rows is gathered
+    once and serves both."""
+    rows, starts, _ = transposed.split_points
+    first, last = rows[span[0]], rows[span[1]]
+    c_in, c_out = weight.shape[1], weight.shape[2]
+    (grad_buf, feats_buf, product_buf), chunk = scratch
+    if transposed.identity is not None:
+        if grad_feats is not None:
+            torch.mm(grad_out[first:last], weight[transposed.identity].t(), out=grad_feats[first:last])
+        if grad_weight is not None:
+            grad_weight[transposed.identity].addmm_(feats[first:last].t(), grad_out[first:last])
+    elif grad_feats is not None:
+        grad_feats[first:last].zero_()
+    for k in transposed.active:  # transposed offset k holds offset k's pairs as (output row, input row)
+        end = starts[k][span[1]]
+        for begin in range(starts[k][span[0]], end, chunk):
+            stop = min(begin + chunk, end)
+            n = stop - begin
+            gathered_grad = grad_buf[: n * c_out].view(n, c_out)
+            torch.index_select(grad_out, 0, transposed.in_idx[k][begin:stop], out=gathered_grad)
+            if grad_feats is not None:
+                product = product_buf[: n * c_in].view(n, c_in)
+                torch.mm(gathered_grad, weight[k].t(), out=product)
+                grad_feats.index_add_(0, transposed.out_idx[k][begin:stop], product)
+            if grad_weight is not None:
+                gathered_feats = feats_buf[: n * c_in].view(n, c_in)
+                torch.index_select(feats, 0, transposed.out_idx[k][begin:stop], out=gathered_feats)
+                grad_weight[k].addmm_(gathered_feats.t(), gathered_grad)
 
 
 def _forward(feats: Tensor, weight: Tensor, kmap: KernelMap) -> Tensor:
     """out = sum_k scatter(out_idx[k], gather(in_idx[k], feats) @ W[k])."""
-    c_in, c_out = weight.shape[1], weight.shape[2]
-
-    def task(offsets: list[int]) -> Tensor:
-        if kmap.identity in offsets:
-            out = torch.mm(feats, weight[kmap.identity])
-        else:
-            out = feats.new_zeros(kmap.num_out, c_out)
-        gathered, product = _scratch(kmap, offsets, feats, c_in, c_out)
-        for k in offsets:
-            if k == kmap.identity:
-                continue
-            n = kmap.in_idx[k].numel()
-            torch.index_select(feats, 0, kmap.in_idx[k], out=gathered[:n])
-            torch.mm(gathered[:n], weight[k], out=product[:n])
-            out.index_add_(0, kmap.out_idx[k], product[:n])
-        return out
-
-    if not kmap.active and kmap.identity is None:
-        return feats.new_zeros(kmap.num_out, c_out)
-    parts = _run_groups(task, kmap, feats.device)
-    out = parts[0]
-    for part in parts[1:]:
-        out += part
+    out = feats.new_empty(kmap.num_out, weight.shape[2])
+    width = max(weight.shape[1], weight.shape[2])
+    _run(
+        [
+            partial(_convolve_rows, out, feats, weight, kmap, span, _scratch(kmap, feats, width, 2))
+            for span in _row_ranges(kmap, _workers(feats.device))
+        ],
+        feats.device,
+    )
     return out
 
 
 def _backward(feats: Tensor, weight: Tensor, grad_out: Tensor, kmap: KernelMap, need_feats: bool, need_weight: bool):
-    """dL/dfeats = sum_k scatter(in_idx[k], gather(out_idx[k], g) @ W[k]^T);
-    dL/dW[k] = gather(in_idx[k], feats)^T @ gather(out_idx[k], g)."""
-    c_in, c_out = weight.shape[1], weight.shape[2]
-    grad_weight = torch.zeros_like(weight) if need_weight else None
-
-    def task(offsets: list[int]) -> Tensor | None:
-        grad_feats = None
-        if need_feats:
-            if kmap.identity in offsets:
-                grad_feats = torch.mm(grad_out, weight[kmap.identity].t())
-            else:
-                grad_feats = feats.new_zeros(kmap.num_in, c_in)
-        if need_weight and kmap.identity in offsets:
-            torch.mm(feats.t(), grad_out, out=grad_weight[kmap.identity])
-        gathered_in, gathered_out, product = _scratch(kmap, offsets, feats, c_in, c_out, c_in)
-        for k in offsets:
-            if k == kmap.identity:
-                continue
-            n = kmap.in_idx[k].numel()
-            go = gathered_out[:n]
-            torch.index_select(grad_out, 0, kmap.out_idx[k], out=go)
-            if need_feats:
-                torch.mm(go, weight[k].t(), out=product[:n])
-                grad_feats.index_add_(0, kmap.in_idx[k], product[:n])
-            if need_weight:
-                torch.index_select(feats, 0, kmap.in_idx[k], out=gathered_in[:n])
-                torch.mm(gathered_in[:n].t(), go, out=grad_weight[k])
-        return grad_feats
-
-    if not kmap.active and kmap.identity is None:
-        return (feats.new_zeros(feats.shape) if need_feats else None), grad_weight
-    parts = _run_groups(task, kmap, feats.device)
-    grad_feats = parts[0]
-    if need_feats:
-        for part in parts[1:]:
-            grad_feats += part
+    """dL/dfeats = sum_k scatter(in_idx[k], gather(out_idx[k], g) @ W[k]^T), a forward pass over the
+    transposed map; dL/dW[k] = gather(in_idx[k], feats)^T @ gather(out_idx[k], g). Workers split
+    the input rows; each adds its rows' weight gradient into its own partial sum."""
+    transposed = kmap.transposed
+    spans = _row_ranges(transposed, _workers(feats.device))
+    width = max(weight.shape[1], weight.shape[2])
+    grad_feats = feats.new_empty(kmap.num_in, weight.shape[1]) if need_feats else None
+    partial_grads = [torch.zeros_like(weight) if need_weight else None for _ in spans]
+    _run(
+        [
+            partial(
+                _backward_rows, grad_feats, part, feats, weight, grad_out, transposed, span,
+                _scratch(transposed, feats, width, 3),
+            )
+            for span, part in zip(spans, partial_grads)
+        ],
+        feats.device,
+    )
+    grad_weight = partial_grads[0]
+    for part in partial_grads[1:]:
+        grad_weight += part
     return grad_feats, grad_weight
 
 

@@ -18,7 +18,7 @@ from pptkit.sparse import (
     available_backends,
     sparse_collate,
 )
-from pptkit.sparse import minkowski_backend
+from pptkit.sparse import minkowski_backend, torch_backend
 from pptkit.sparse.kernel_map import kernel_offsets
 from pptkit.sparse.torch_backend import sparse_conv
 from tests.sparse.reference import conv_reference, downsampled_coords_reference, transposed_reference
@@ -108,6 +108,40 @@ def test_conv_gradients_match_finite_differences(conv, key):
     out_feats = torch.randn(kmap.num_out, 3, dtype=torch.float64, requires_grad=True)
     up_weight = torch.randn(kmap.kernel_volume, 3, 2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda f, w: sparse_conv(f, w, kmap.transposed), (out_feats, up_weight))
+
+
+def test_kernel_map_pairs_sorted_by_output_row_both_ways():
+    x = random_tensor(extent=9)
+    Conv3d(3, 3)(SubMConv3d(3, 3)(x))
+    for key in [(1, 3, "subm"), (1, 2, "down2")]:
+        kmap = x.context.kernel_map(key, lambda: pytest.fail("map should be cached"))
+        assert kmap.transposed.transposed is kmap
+        for m in (kmap, kmap.transposed):
+            for k, (src, dst) in enumerate(zip(m.in_idx, m.out_idx)):
+                assert torch.all(dst[1:] > dst[:-1]), (key, k)
+            pairs = {(k, i, o) for k in range(m.kernel_volume) for i, o in zip(m.in_idx[k].tolist(), m.out_idx[k].tolist())}
+            back = m.transposed
+            swapped = {(k, o, i) for k in range(m.kernel_volume) for i, o in zip(back.in_idx[k].tolist(), back.out_idx[k].tolist())}
+            assert pairs == swapped
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_workers_and_small_chunks_change_only_how_work_is_cut(monkeypatch, workers):
+    x = random_tensor(n_per_sample=(70, 60), extent=7, channels=3, dtype=torch.float64)
+    net = torch.nn.Sequential(SubMConv3d(3, 4), Conv3d(4, 4), SubMConv3d(4, 4), ConvTranspose3d(4, 2)).double()
+
+    def run():
+        feats = x.feats.clone().requires_grad_()
+        out = net(x.replace(feats)).feats
+        return [out, *torch.autograd.grad(out.square().sum(), [feats, *net.parameters()])]
+
+    expected = run()
+    monkeypatch.setattr(torch_backend, "CHUNK_ELEMENTS", 9)  # 1-3 pairs per chunk
+    monkeypatch.setattr(torch_backend, "_CPU_WORKERS", workers)
+    kmap = x.context.kernel_map((1, 3, "subm"), lambda: pytest.fail("map should be cached"))
+    assert len(torch_backend._row_ranges(kmap, workers)) == workers
+    for got, want in zip(run(), expected):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 def test_module_gradients_flow_through_layers():
