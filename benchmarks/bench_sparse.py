@@ -6,23 +6,28 @@ room with 2 mm scanner noise, voxelized at the grid size giving that count: ~7 a
   down    Conv3d(64, 64, 2, stride 2)
   up      Conv3d(64, 64, 2, 2) then ConvTranspose3d(64, 64, 2, 2) (the time covers both)
   unet    pptkit.models.sparse_unet.SparseUNet(6, 13), full default config (SpUNet-v1m1, 39M params)
-Every timed repeat is a forward + backward on freshly collated coordinates, so each repeat also
-builds its kernel maps (as training does: each batch brings new coordinates). The weights are
-identical on both backends.
+Every pass is a forward + backward on freshly collated coordinates, so each pass also builds its
+kernel maps (as training does: each batch brings new coordinates). The weights are identical on
+both backends.
 
-Each (case, size, backend) runs in its own subprocess with `torch.set_num_threads(--threads)`
-(MinkowskiEngine's coordinate manager gets the same thread count; its GEMMs use OpenBLAS's own
-threads, 2 on 2 cores, either way). The default is 1 thread: on 2 cores shared with other jobs,
-every OpenMP-parallel op (BatchNorm, ReLU, ...) waits at a barrier for a descheduled thread; a
-BatchNorm1d over 30k x 96 took 49 ms with 2 threads and 2 ms with 1, which swamps both backends
-alike. ME's GEMMs still use OpenBLAS's own 2 threads. `--workers` sets the torch backend's
-convolution worker threads (`set_cpu_workers`); 2 workers lost to 1 at load ~4.5 (UNet 50k:
-7.5 s vs 6.4 s, more memory). Pass --threads 2 --workers 2 on an otherwise idle machine. Time = median over the repeats.
+Configurations: each backend runs with torch.set_num_threads(t) for every t in --threads.
+MinkowskiEngine's coordinate manager gets t threads and its GEMMs use OpenBLAS's own threads,
+one per core, whatever t is; likewise the torch backend's convolutions use --workers worker
+threads (default: one per core) whatever t is. So with t = 1 both run every other op on one
+thread and their convolutions on all cores; with t = 2 everything may use both cores. On 2
+shared cores t = 1 is often the faster of the two for both backends (an OpenMP barrier waits
+for a thread descheduled by the convolution threads), so the ratio is taken between each
+backend's *faster* configuration, per size.
+
+Protocol: each (case, size, backend, threads) runs in its own subprocess: one untimed warm-up
+pass, then --repeats timed passes (--unet-repeats for the UNet). The subprocesses of one case
+and size run in --rounds interleaved rounds (every configuration once per round), so a change
+in the machine's load falls on all of them alike; time = median over all timed passes.
 Memory = peak RSS delta: the subprocess's ru_maxrss at the end minus its RSS just before the
-first timed repeat (data, model and weights already built), i.e. the most extra memory the
-forward + backward needed; it includes allocator slack, and is the same measure for both.
+warm-up (data, model and weights already built), i.e. the most extra memory a forward +
+backward needed; it includes allocator slack and is the same measure for both backends.
 
-Run: python benchmarks/bench_sparse.py [--sizes 50000 200000] [--threads 2] [--repeats 3]
+Run: python benchmarks/bench_sparse.py [--sizes 50000 200000] [--threads 1 2] [--rounds 3] [--workers 2]
 Writes benchmarks/results/sparse.md and sparse.json (atomically). Without MinkowskiEngine only
 the torch backend is timed.
 """
@@ -83,7 +88,8 @@ def _rss_mb() -> float:
 
 
 def run_case(case: str, num_voxels: int, backend: str, threads: int, workers: int, repeats: int) -> dict:
-    """Time one case in this process; returns times (s), peak RSS delta (MB) and the voxel count."""
+    """Time one case in this process: a warm-up pass, then `repeats` timed passes.
+    Returns times (s), peak RSS delta (MB) and the voxel count."""
     import torch
 
     from pptkit.sparse import Conv3d, ConvTranspose3d, SubMConv3d, sparse_collate
@@ -108,18 +114,22 @@ def run_case(case: str, num_voxels: int, backend: str, threads: int, workers: in
         model = torch.nn.Sequential(Conv3d(64, 64, 2, 2, backend=backend), ConvTranspose3d(64, 64, 2, 2, backend=backend))
         channels = 64
     feats = torch.randn(len(grid), channels, generator=torch.Generator().manual_seed(1))
-    times = []
-    base_rss = _rss_mb()
-    for _ in range(repeats):
+
+    def forward_backward() -> None:
         model.zero_grad(set_to_none=True)
-        start = time.perf_counter()
         x, _ = sparse_collate([grid], [feats])
         x = x.replace(x.feats.requires_grad_())
         out = model(x)
         out = out.logits if case == "unet" else out.feats
         out.square().mean().backward()
+
+    base_rss = _rss_mb()
+    forward_backward()  # warm-up: first-call set-up (thread pools, BLAS buffers) is not timed
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        forward_backward()
         times.append(time.perf_counter() - start)
-        del x, out
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"times": times, "peak_rss_delta_mb": peak - base_rss, "voxels": int(len(grid))}
 
@@ -132,13 +142,56 @@ def _subprocess(case: str, size: int, backend: str, threads: int, workers: int, 
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def measure(case: str, size: int, configs: list[tuple[str, int]], workers: int, rounds: int, repeats: int) -> dict:
+    """Interleaved rounds of every (backend, threads) config; per config the median time over all
+    timed passes and the largest peak-RSS delta seen."""
+    runs: dict[tuple[str, int], list[dict]] = {config: [] for config in configs}
+    for _ in range(rounds):
+        for backend, threads in configs:
+            runs[backend, threads].append(_subprocess(case, size, backend, threads, workers, repeats))
+    result = {"case": case, "target_voxels": size, "voxels": runs[configs[0]][0]["voxels"], "configs": []}
+    for (backend, threads), found in runs.items():
+        times = [t for r in found for t in r["times"]]
+        peak = max(r["peak_rss_delta_mb"] for r in found)
+        result["configs"].append(
+            {"backend": backend, "threads": threads, "median_s": statistics.median(times), "times_s": times, "peak_rss_delta_mb": peak}
+        )
+        print(f"{case:6s} {result['voxels']:>7d} {backend:9s} threads {threads}  median {statistics.median(times):.3f}s "
+              f"peak +{peak:.0f} MB  (load {os.getloadavg()[0]:.1f})", flush=True)
+    return result
+
+
+def _best(result: dict, backend: str, key: str) -> dict:
+    return min((c for c in result["configs"] if c["backend"] == backend), key=lambda c: c[key])
+
+
+def table(rows: list[dict], threads: list[int], have_me: bool) -> list[str]:
+    """Markdown: per config time and peak, then the ratio of ME's faster config to torch's faster one."""
+    names = [f"{b} {t}t" for b in (["torch", "ME"] if have_me else ["torch"]) for t in threads]
+    header = "| case | voxels | " + " | ".join(f"{n} s | {n} MB" for n in names) + " |"
+    if have_me:
+        header += " fastest ME / fastest torch time | torch peak ≤ smallest ME peak |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for r in rows:
+        cells = [f"{c['median_s']:.3f} | {c['peak_rss_delta_mb']:.0f}" for c in r["configs"]]
+        line = f"| {r['case']} | {r['voxels']} | " + " | ".join(cells) + " |"
+        if have_me:
+            torch_best, me_best = _best(r, "torch", "median_s"), _best(r, "minkowski", "median_s")
+            me_small = _best(r, "minkowski", "peak_rss_delta_mb")["peak_rss_delta_mb"]
+            ok = "yes" if torch_best["peak_rss_delta_mb"] <= me_small else "no"
+            line += f" {me_best['median_s'] / torch_best['median_s']:.2f}x | {ok} |"
+        lines.append(line)
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[50_000, 200_000])
-    parser.add_argument("--threads", type=int, default=1, help="intra-op threads (1 suits shared cores, see the docstring)")
-    parser.add_argument("--workers", type=int, default=1, help="torch-backend convolution worker threads")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per op case")
-    parser.add_argument("--unet-repeats", type=int, default=2, help="timed repeats per whole-UNet case")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch.set_num_threads values to run each backend with")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="torch-backend convolution worker threads")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per case and size")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per op subprocess")
+    parser.add_argument("--unet-repeats", type=int, default=1, help="timed passes per whole-UNet subprocess")
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     parser.add_argument("--one", nargs=6, metavar=("CASE", "SIZE", "BACKEND", "THREADS", "WORKERS", "REPEATS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -151,49 +204,34 @@ def main() -> None:
     from pptkit.sparse import available_backends
 
     backends = available_backends()
+    configs = [(backend, threads) for backend in backends for threads in args.threads]
     rows = []
     started = time.perf_counter()
     for case in args.cases:
         for size in args.sizes:
             repeats = args.unet_repeats if case == "unet" else args.repeats
-            result = {"case": case, "target_voxels": size}
-            for backend in backends:
-                r = _subprocess(case, size, backend, args.threads, args.workers, repeats)
-                result["voxels"] = r["voxels"]
-                result[backend] = {"median_s": statistics.median(r["times"]), "times_s": r["times"], "peak_rss_delta_mb": r["peak_rss_delta_mb"]}
-                print(f"{case:6s} {r['voxels']:>7d} {backend:9s} median {result[backend]['median_s']:.3f}s "
-                      f"peak +{r['peak_rss_delta_mb']:.0f} MB  (load {os.getloadavg()[0]:.1f})", flush=True)
-            rows.append(result)
+            rows.append(measure(case, size, configs, args.workers, args.rounds, repeats))
     total = time.perf_counter() - started
 
-    header = "| case | voxels | torch s | torch peak MB | " + (
-        "ME s | ME peak MB | ME / torch time |" if "minkowski" in backends else "")
     lines = [
         "# Sparse convolution: pptkit torch backend vs MinkowskiEngine 0.5.4 (CPU)",
         "",
-        f"Forward + backward incl. kernel-map building; median of {args.repeats} (ops) / {args.unet_repeats} (UNet) "
-        f"repeats; torch.set_num_threads({args.threads}), torch-backend conv workers {args.workers} "
-        "(ME's GEMMs: OpenBLAS threads); each case in a fresh process; peak MB = peak RSS "
-        "delta over the timed repeats. Written by benchmarks/bench_sparse.py.",
+        f"Forward + backward incl. kernel-map building. Each configuration (backend, torch threads `Nt`) "
+        f"in fresh subprocesses: 1 warm-up pass + {args.repeats} (ops) / {args.unet_repeats} (UNet) timed passes, "
+        f"{args.rounds} interleaved rounds; time = median of all timed passes; MB = largest peak RSS delta. "
+        f"Torch-backend conv workers: {args.workers} at every thread count; ME's GEMMs: OpenBLAS's own threads. Ratio: ME's faster "
+        "configuration over torch's faster one. Written by benchmarks/bench_sparse.py.",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"load average at the end {os.getloadavg()[0]:.1f} (the cores are shared; times vary with load). "
         f"Total run {total:.0f} s.",
         "",
-        header,
-        "|" + "---|" * (header.count("|") - 1),
+        *table(rows, args.threads, "minkowski" in backends),
     ]
-    for r in rows:
-        t = r["torch"]
-        line = f"| {r['case']} | {r['voxels']} | {t['median_s']:.3f} | {t['peak_rss_delta_mb']:.0f} |"
-        if "minkowski" in r:
-            m = r["minkowski"]
-            line += f" {m['median_s']:.3f} | {m['peak_rss_delta_mb']:.0f} | {m['median_s'] / t['median_s']:.2f}x |"
-        lines.append(line)
     text = "\n".join(lines) + "\n"
     print(text)
     RESULTS.mkdir(exist_ok=True)
-    meta = {"threads": args.threads, "workers": args.workers, "repeats": args.repeats, "unet_repeats": args.unet_repeats,
+    meta = {"threads": args.threads, "workers": args.workers, "rounds": args.rounds, "repeats": args.repeats, "unet_repeats": args.unet_repeats,
             "cpus": os.cpu_count(), "load_end": os.getloadavg()[0], "total_s": total}
     write_text_atomic(RESULTS / "sparse.md", text)
     write_text_atomic(RESULTS / "sparse.json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
