@@ -136,7 +136,7 @@ def test_workers_and_small_chunks_change_only_how_work_is_cut(monkeypatch, worke
         return [out, *torch.autograd.grad(out.square().sum(), [feats, *net.parameters()])]
 
     expected = run()
-    monkeypatch.setattr(torch_backend, "CHUNK_ELEMENTS", 9)  # 1-3 pairs per chunk
+    monkeypatch.setattr(torch_backend, "CPU_CHUNK_ELEMENTS", 9)  # 1-3 pairs per chunk
     monkeypatch.setattr(torch_backend, "_CPU_WORKERS", workers)
     kmap = x.context.kernel_map((1, 3, "subm"), lambda: pytest.fail("map should be cached"))
     assert len(torch_backend._row_ranges(kmap, workers)) == workers
