@@ -2,13 +2,14 @@
 
 The h5py handle is opened on first access in each process and re-opened when the process
 id changes, so the datasets work in DataLoader workers whether they are forked or spawned
-(HDF5 handles must not be shared across a fork).
+(HDF5 handles must not be shared across a fork). Items are raw store arrays: augmentation
+belongs to the stage that builds batches, because it needs a random generator per sample
+(pptkit.data.transforms take (sample, rng)) to stay reproducible across workers and resumes.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,8 @@ class _StoreDataset(Dataset):
 
     kind = ""
 
-    def __init__(self, path: str | Path, transform: Callable[[Sample], Sample] | None = None):
+    def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.transform = transform
         f, meta = open_store(self.path)
         with f:
             if meta.kind != self.kind:
@@ -64,9 +64,6 @@ class _StoreDataset(Dataset):
         state["_file"], state["_pid"] = None, None
         return state
 
-    def _finish(self, sample: Sample) -> Sample:
-        return self.transform(sample) if self.transform is not None else sample
-
 
 class SceneDataset(_StoreDataset):
     """Scenes of a store: each item is a dict of voxel-level arrays (see pptkit.data.store).
@@ -77,9 +74,8 @@ class SceneDataset(_StoreDataset):
 
     kind = "scene"
 
-    def __init__(self, path: str | Path, transform: Callable[[Sample], Sample] | None = None,
-                 with_points: bool = False):
-        super().__init__(path, transform)
+    def __init__(self, path: str | Path, with_points: bool = False):
+        super().__init__(path)
         self.with_points = with_points
 
     @property
@@ -97,7 +93,7 @@ class SceneDataset(_StoreDataset):
                 sample["inverse"] = group["points/inverse"][()]
         except (OSError, KeyError) as exc:
             raise InputError(f"cannot read scene '{self.groups[index]}': {exc}", self.path) from None
-        return self._finish(sample)
+        return sample
 
 
 class ObjectDataset(_StoreDataset):
@@ -117,4 +113,4 @@ class ObjectDataset(_StoreDataset):
         except (OSError, KeyError) as exc:
             raise InputError(f"cannot read object '{self.groups[index]}': {exc}",
                              self.path) from None
-        return self._finish(sample)
+        return sample
