@@ -75,9 +75,8 @@ class KernelMap:
         rows[j] (pairs are sorted by output row); `below[j]` = pairs with an output row below
         rows[j], the identity's included.
         """
-        device = self.out_idx[0].device if self.out_idx else torch.device("cpu")
-        rows = torch.arange(SPLIT_POINTS + 1, device=device) * self.num_out // SPLIT_POINTS
-        starts = torch.stack([torch.searchsorted(idx, rows) for idx in self.out_idx]) if self.out_idx else rows[None] * 0
+        rows = torch.arange(SPLIT_POINTS + 1, device=self.out_idx[0].device) * self.num_out // SPLIT_POINTS
+        starts = torch.stack([torch.searchsorted(idx, rows) for idx in self.out_idx])
         below = starts.sum(0) + (rows if self.identity is not None else 0)
         return rows.tolist(), starts.tolist(), below.tolist()
 

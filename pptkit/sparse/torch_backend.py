@@ -132,6 +132,13 @@ def _scratch(kmap: KernelMap, like: Tensor, width: int, count: int) -> tuple[lis
     return [like.new_empty(rows * width) for _ in range(count)], rows
 
 
+def _chunks(starts: list[int], span: tuple[int, int], chunk: int):
+    """(begin, stop) slices of at most `chunk` pairs covering one offset's pairs in rows `span`."""
+    end = starts[span[1]]
+    for begin in range(starts[span[0]], end, chunk):
+        yield begin, min(begin + chunk, end)
+
+
 def _convolve_rows(
     out: Tensor, feats: Tensor, weight: Tensor, kmap: KernelMap, span: tuple[int, int], scratch: tuple
 ) -> None:
@@ -145,9 +152,7 @@ def _convolve_rows(
     else:
         out[first:last].zero_()
     for k in kmap.active:
-        end = starts[k][span[1]]
-        for begin in range(starts[k][span[0]], end, chunk):
-            stop = min(begin + chunk, end)
+        for begin, stop in _chunks(starts[k], span, chunk):
             n = stop - begin
             gathered = gather_buf[: n * c_in].view(n, c_in)
             product = product_buf[: n * c_out].view(n, c_out)
@@ -181,9 +186,7 @@ def _backward_rows(
     elif grad_feats is not None:
         grad_feats[first:last].zero_()
     for k in transposed.active:  # transposed offset k holds offset k's pairs as (output row, input row)
-        end = starts[k][span[1]]
-        for begin in range(starts[k][span[0]], end, chunk):
-            stop = min(begin + chunk, end)
+        for begin, stop in _chunks(starts[k], span, chunk):
             n = stop - begin
             gathered_grad = grad_buf[: n * c_out].view(n, c_out)
             torch.index_select(grad_out, 0, transposed.in_idx[k][begin:stop], out=gathered_grad)
@@ -231,8 +234,9 @@ def _backward(feats: Tensor, weight: Tensor, grad_out: Tensor, kmap: KernelMap, 
         feats.device,
     )
     grad_weight = partial_grads[0]
-    for part in partial_grads[1:]:
-        grad_weight += part
+    if need_weight:
+        for part in partial_grads[1:]:
+            grad_weight += part
     return grad_feats, grad_weight
 
 

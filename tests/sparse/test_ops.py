@@ -142,6 +142,10 @@ def test_workers_and_small_chunks_change_only_how_work_is_cut(monkeypatch, worke
     assert len(torch_backend._row_ranges(kmap, workers)) == workers
     for got, want in zip(run(), expected):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    net[0].weight.requires_grad_(False)  # a frozen layer: input gradient only, still split among workers
+    feats = x.feats.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(net(x.replace(feats)).feats.square().sum(), [feats])
+    torch.testing.assert_close(grad, expected[1], rtol=1e-12, atol=1e-12)
 
 
 def test_module_gradients_flow_through_layers():
