@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pptkit.sparse import Conv3d, ConvTranspose3d, SparseTensor, SubMConv3d, available_backends, sparse_collate
+from pptkit.sparse import Conv3d, ConvTranspose3d, SparseTensor, SubMConv3d, available_backends, sparse_collate, torch_backend
 from pptkit.sparse.kernel_map import kernel_offsets
 from pptkit.sparse.minkowski_backend import to_minkowski_weight
 from tests.conftest import SHARED_DATA
@@ -122,8 +122,10 @@ def test_weight_layout_mapping(kernel_size):
         assert offsets[int(me_weight[j, 0, 0])] == (dx, dy, dz)
 
 
-def test_sparse_unet_agrees(rooms):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sparse_unet_agrees(rooms, workers, monkeypatch):
     unet = pytest.importorskip("pptkit.models.sparse_unet")
+    monkeypatch.setattr(torch_backend, "_CPU_WORKERS", workers)  # 2: the row-split parallel path
     torch.manual_seed(0)
     small = dict(base_channels=8, channels=(8, 16, 16, 16, 16, 8, 8, 8), layers=(1,) * 8)
     state = unet.SparseUNet(4, 5, **small).state_dict()
