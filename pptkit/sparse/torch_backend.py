@@ -94,16 +94,18 @@ def single_threaded(build: Callable[[], T]) -> T:
 
 
 def _run(tasks: list[Callable[[], None]], device: torch.device) -> None:
-    """Run the tasks: in pool threads on CPU (single-threaded each), else in order here."""
+    """Run the tasks: in pool threads on CPU (single-threaded each, in the caller's inference and
+    grad modes, so that they may write into the caller's inference tensors), else in order here."""
     if len(tasks) == 1 or device.type != "cpu":
         for task in tasks:
             task()
         return
     threads = torch.get_num_threads()
+    inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
 
     def run_single_threaded(task: Callable[[], None]) -> None:
         torch.set_num_threads(1)
-        with torch.no_grad():  # grad mode is per thread; the caller is inside autograd already
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):  # both are per thread
             task()
 
     try:
