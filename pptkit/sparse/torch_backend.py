@@ -32,6 +32,7 @@ everything runs in order on the current stream.
 from __future__ import annotations
 
 import bisect
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -67,6 +68,18 @@ def _workers(device: torch.device) -> int:
     if device.type != "cpu":
         return 1
     return _CPU_WORKERS if _CPU_WORKERS is not None else torch.get_num_threads()
+
+
+def _forget_pool_after_fork() -> None:
+    """In a forked child (e.g. a DataLoader worker) the pool's threads do not exist: drop the pool,
+    and the lock a parent thread may have held, so the child starts a pool of its own."""
+    global _POOL, _POOL_LOCK
+    _POOL = None
+    _POOL_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:

@@ -3,6 +3,11 @@ failures and the calling thread's share."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -35,3 +40,48 @@ def test_workers_run_in_the_callers_mode(monkeypatch, workers, mode):
         got = net(x).feats
     assert got.is_inference() == (mode is torch.inference_mode)
     assert torch.equal(got, expected)
+
+
+FORKED_CHILD_SCRIPT = """
+import multiprocessing, sys, torch
+from pptkit.sparse import SubMConv3d, sparse_collate, torch_backend
+
+torch.set_num_threads(1)
+torch_backend.set_cpu_workers(2)
+gen = torch.Generator().manual_seed(0)
+grid = torch.unique(torch.randint(0, 7, (200, 3), generator=gen), dim=0)
+x, _ = sparse_collate([grid], [torch.randn(len(grid), 3, generator=gen)])
+conv = SubMConv3d(3, 4)
+with torch.no_grad():
+    expected = conv(x).feats  # starts the pool in the parent
+
+
+def child():
+    with torch.no_grad():
+        sys.exit(0 if torch.equal(conv(x).feats, expected) else 3)
+
+
+process = multiprocessing.get_context("fork").Process(target=child)
+process.start()
+process.join(20)
+if process.is_alive():
+    process.kill()
+    sys.exit("the forked child hung in its convolution")
+sys.exit(process.exitcode)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_forked_child_runs_parallel_convolutions():
+    """A DataLoader worker forked after the parent's pool started must not wait on its threads."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FORKED_CHILD_SCRIPT], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )
+    try:
+        output, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the parent of the forked child hung")
+    assert proc.returncode == 0, output
