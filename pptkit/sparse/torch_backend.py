@@ -82,12 +82,40 @@ if hasattr(os, "register_at_fork"):  # POSIX
     os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
-def _pool(workers: int) -> ThreadPoolExecutor:
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """The shared pool, replaced by a larger one when it has fewer than `threads` threads."""
     global _POOL
     with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers < workers:
-            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pptkit-sparse")
+        if _POOL is None or _POOL._max_workers < threads:
+            _POOL = _start_pool(threads)
         return _POOL
+
+
+def _one_thread() -> None:
+    """Set this thread to one intra-op thread, after torch's lazy set-up of the thread, which would
+    otherwise set it to the default count on the thread's first parallel op."""
+    torch.get_num_threads()
+    torch.set_num_threads(1)
+
+
+def _start_pool(threads: int) -> ThreadPoolExecutor:
+    """A pool whose threads set torch to one intra-op thread once, as they start.
+
+    torch.set_num_threads also sets the count that threads started later begin with; so once
+    every pool thread has set its own (they meet at a barrier), the calling thread sets that
+    default back to its own count. sparse_conv itself never calls torch.set_num_threads.
+    """
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pptkit-sparse", initializer=_one_thread)
+    started = threading.Barrier(threads + 1)
+    for _ in range(threads):  # no thread is idle before all have started, so each task starts one
+        pool.submit(started.wait)
+    try:
+        started.wait()
+    except BaseException:  # e.g. Ctrl-C: release the threads, or they would block the exit
+        started.abort()
+        raise
+    torch.set_num_threads(torch.get_num_threads())
+    return pool
 
 
 def single_threaded(build: Callable[[], T]) -> T:
@@ -106,6 +134,12 @@ def single_threaded(build: Callable[[], T]) -> T:
         torch.set_num_threads(threads)
 
 
+def _in_modes(inference: bool, grad: bool, task: Callable[[], None]) -> None:
+    """Run `task` in the given inference and grad modes (both are per thread)."""
+    with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+        task()
+
+
 def _run(tasks: list[Callable[[], None]], device: torch.device) -> None:
     """Run the tasks: in pool threads on CPU (single-threaded each, in the caller's inference and
     grad modes, so that they may write into the caller's inference tensors), else in order here."""
@@ -113,19 +147,9 @@ def _run(tasks: list[Callable[[], None]], device: torch.device) -> None:
         for task in tasks:
             task()
         return
-    threads = torch.get_num_threads()
-    inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
-
-    def run_single_threaded(task: Callable[[], None]) -> None:
-        torch.set_num_threads(1)
-        with torch.inference_mode(inference), torch.set_grad_enabled(grad):  # both are per thread
-            task()
-
-    try:
-        for future in [_pool(len(tasks)).submit(run_single_threaded, task) for task in tasks]:
-            future.result()
-    finally:
-        torch.set_num_threads(threads)
+    modes = (torch.is_inference_mode_enabled(), torch.is_grad_enabled())
+    for future in [_pool(len(tasks)).submit(_in_modes, *modes, task) for task in tasks]:
+        future.result()
 
 
 def _row_ranges(kmap: KernelMap, parts: int) -> list[tuple[int, int]]:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -85,3 +86,39 @@ def test_forked_child_runs_parallel_convolutions():
         proc.communicate()
         pytest.fail("the parent of the forked child hung")
     assert proc.returncode == 0, output
+
+
+def _thread_count_in_new_thread() -> int:
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    return seen[0]
+
+
+def test_convolutions_leave_the_thread_count_alone(monkeypatch):
+    """torch.set_num_threads is process-wide: pool threads set theirs once, when they start, and
+    the user's count (also the one threads started later get) stays as it was."""
+    torch.set_num_threads(2)  # the conftest fixture restores its count after the test
+    monkeypatch.setattr(torch_backend, "_POOL", None)  # this test starts its own pool
+    monkeypatch.setattr(torch_backend, "_CPU_WORKERS", 2)
+    x, net = scene(), small_net()
+
+    def forward_backward():
+        feats = x.feats.clone().requires_grad_()
+        net(x.replace(feats)).feats.square().sum().backward()
+
+    forward_backward()  # starts the pool and builds the kernel maps
+    assert torch.get_num_threads() == 2 and _thread_count_in_new_thread() == 2
+    assert torch_backend._pool(2).submit(torch.get_num_threads).result() == 1
+    calls = []
+    set_num_threads = torch.set_num_threads
+
+    def recording(threads: int) -> None:
+        calls.append((threading.current_thread().name, threads))
+        set_num_threads(threads)
+
+    monkeypatch.setattr(torch, "set_num_threads", recording)
+    forward_backward()
+    assert calls == []
+    assert torch.get_num_threads() == 2 and _thread_count_in_new_thread() == 2
