@@ -34,7 +34,7 @@ from __future__ import annotations
 import bisect
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from functools import partial
 from typing import Callable, TypeVar
 
@@ -148,7 +148,14 @@ def _run(tasks: list[Callable[[], None]], device: torch.device) -> None:
             task()
         return
     modes = (torch.is_inference_mode_enabled(), torch.is_grad_enabled())
-    for future in [_pool(len(tasks)).submit(_in_modes, *modes, task) for task in tasks]:
+    pool = _pool(len(tasks))
+    futures = []
+    try:
+        for task in tasks:
+            futures.append(pool.submit(_in_modes, *modes, task))
+    finally:
+        wait(futures)  # even when one fails, no task may still write into the buffers after this
+    for future in futures:
         future.result()
 
 

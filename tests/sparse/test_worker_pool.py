@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import torch
@@ -122,3 +123,33 @@ def test_convolutions_leave_the_thread_count_alone(monkeypatch):
     forward_backward()
     assert calls == []
     assert torch.get_num_threads() == 2 and _thread_count_in_new_thread() == 2
+
+
+@pytest.mark.parametrize("failing", [0, 1])
+def test_a_failing_worker_waits_for_its_siblings(monkeypatch, failing):
+    """When one share raises, the error reaches the caller only after every other share is done
+    (none may still write into the output)."""
+    x, conv = scene(), SubMConv3d(3, 4)
+    with torch.no_grad():
+        expected = conv(x).feats
+    kmap = x.context.kernel_map((1, 3, "subm"), lambda: pytest.fail("map should be cached"))
+    spans = torch_backend._row_ranges(kmap, 3)
+    assert len(spans) == 3
+    finished = []
+    convolve_rows = torch_backend._convolve_rows
+
+    def convolve_or_fail(out, feats, weight, kmap, span, scratch):
+        if span == spans[failing]:
+            raise RuntimeError("injected failure")
+        time.sleep(0.1 * (1 + spans.index(span)))  # later shares finish later
+        convolve_rows(out, feats, weight, kmap, span, scratch)
+        finished.append(span)
+
+    monkeypatch.setattr(torch_backend, "_convolve_rows", convolve_or_fail)
+    monkeypatch.setattr(torch_backend, "_CPU_WORKERS", 3)
+    with pytest.raises(RuntimeError, match="injected failure"), torch.no_grad():
+        conv(x)
+    assert sorted(finished) == [span for i, span in enumerate(spans) if i != failing]
+    monkeypatch.setattr(torch_backend, "_convolve_rows", convolve_rows)
+    with torch.no_grad():
+        assert torch.equal(conv(x).feats, expected)  # the pool still works
