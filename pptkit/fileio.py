@@ -21,6 +21,30 @@ def check_output(path: str | Path, overwrite: bool) -> Path:
     return path
 
 
+def fsync_file(path: str | Path) -> None:
+    """Flush a closed file's data to disk, so that a rename after it publishes whole data."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Flush a folder's entries (renames into it) to disk; a no-op where folders cannot be
+    opened (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def temporary_name(path: str | Path) -> Path:
     """The in-progress name used for `path` (same folder, so the rename is atomic)."""
     path = Path(path)

@@ -1,9 +1,11 @@
 """`pptkit preprocess`: read a dataset's raw items, voxelize (or resample) them, write one HDF5.
 
 Workers (spawned processes: forking after open3d or torch were imported is unsafe) read and
-voxelize items and send back arrays; only the main process writes. Output goes to a temporary
-name and is renamed when every item is written. On Ctrl-C or a crash the temporary file stays
-so that `--resume` can continue it; on bad input it is removed.
+voxelize items and send back arrays; only the main process writes. Each finished item is kept
+as a shard in ``<output>.parts/`` (see pptkit.data.parts), and the shards are merged into the
+output when every item is done. A run stopped at any instant (Ctrl-C, kill -9, a crash, a bad
+input file) keeps every finished item, and `--resume` continues from them; nothing is written
+before the first item is finished.
 """
 
 from __future__ import annotations
@@ -19,23 +21,21 @@ from itertools import islice
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.markup import escape
+
+from pptkit.data.parts import PartialStore, parts_folder
 from pptkit.data.readers import DatasetReader, get_reader
 from pptkit.data.store import (
     ObjectSample,
     StoreMeta,
     VoxelScene,
-    complete_groups,
     group_name,
-    open_store,
     sample_object,
     voxelize_scene,
-    write_meta,
-    write_object,
-    write_scene,
 )
 from pptkit.data.types import PointObject
 from pptkit.errors import InputError
-from pptkit.fileio import check_output, temporary_name
+from pptkit.fileio import check_output
 from pptkit.progress import console, track
 
 # Points kept per object (the usual setting of each benchmark); other object datasets: 8192.
@@ -95,33 +95,30 @@ def run_preprocess(opts: PreprocessOptions) -> Path:
     job = _Job(reader=reader, root=Path(opts.input), strict=opts.strict,
                grid_size=float(opts.grid_size), num_points=meta.num_points, seed=opts.seed)
 
-    tmp = temporary_name(output)
-    f, done = _open_output(tmp, meta, opts.resume)
-    todo = [item for item in items if group_name(item) not in done]
-    if done:
-        console.print(f"resuming {tmp}: {len(items) - len(todo)} of {len(items)} items done",
-                      soft_wrap=True)
+    parts = PartialStore.open(parts_folder(output), meta, opts.resume)
+    todo = [item for item in items if group_name(item) not in parts.done]
+    if parts.done:
+        console.print(f"resuming {escape(str(parts.folder))}: {len(items) - len(todo)} of "
+                      f"{len(items)} items done", highlight=False, soft_wrap=True)
     try:
-        with f, _deferred_interrupt() as check_interrupt, \
+        with _deferred_interrupt() as check_interrupt, \
                 closing(_process(job, todo, opts.workers, check_interrupt)) as records:
             for item, record in track(records, f"preprocess {reader.name}", total=len(todo)):
-                if isinstance(record, VoxelScene):
-                    write_scene(f, item, record)
-                    if opts.verbose:
-                        console.print(f"{item}: {len(record.inverse):,} points -> "
-                                      f"{len(record.coord):,} voxels", soft_wrap=True)
-                else:
-                    write_object(f, item, record)
-                f.flush()
+                parts.add(item, record)
+                if opts.verbose and isinstance(record, VoxelScene):
+                    console.print(f"{escape(item)}: {len(record.inverse):,} points -> "
+                                  f"{len(record.coord):,} voxels", highlight=False,
+                                  soft_wrap=True)
                 check_interrupt()
+        parts.merge(items, output, lambda todo: track(todo, f"merge {reader.name}"))
     except InputError:
-        tmp.unlink(missing_ok=True)
+        parts.remove()
         raise
     except BaseException:
-        console.print(f"partial output kept in {tmp}; run again with --resume to continue",
-                      soft_wrap=True)
+        if parts.done:
+            console.print(f"partial output kept in {escape(str(parts.folder))}; run again with "
+                          "--resume to continue", highlight=False, soft_wrap=True)
         raise
-    os.replace(tmp, output)
     return output
 
 
@@ -133,27 +130,6 @@ def _check_unique_groups(items: list[str], root: Path) -> None:
             raise InputError(f"items '{seen[name]}' and '{item}' map to the same HDF5 group "
                              f"'{name}'; rename one", root)
         seen[name] = item
-
-
-def _open_output(tmp: Path, meta: StoreMeta, resume: bool):
-    """(h5py.File, names of finished groups): the temporary file continued or started anew."""
-    import h5py
-
-    if resume and tmp.exists():
-        f, old = open_store(tmp, "a")
-        differences = meta.differences(old)
-        if differences:
-            f.close()
-            raise InputError(
-                f"cannot resume: the unfinished file was made with different settings "
-                f"({', '.join(differences)}); run without --resume to start over", tmp)
-        done = set(complete_groups(f))
-        for name in [n for n in f if n not in done]:  # half-written groups are redone
-            del f[name]
-        return f, done
-    f = h5py.File(tmp, "w")
-    write_meta(f, meta)
-    return f, set()
 
 
 @contextmanager

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import pptkit.stages.preprocess as preprocess_module
+from pptkit.data.parts import PartialStore, parts_folder
 from pptkit.data.ply import write_ply
 from pptkit.data.voxelize import voxelize
 from pptkit.errors import InputError
@@ -206,27 +207,27 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch)
     run_preprocess(PreprocessOptions(output=reference, **options))
 
     out = tmp_path / "resumed.h5"
-    write_scene = preprocess_module.write_scene
+    add = PartialStore.add
     written: list[str] = []
 
-    def interrupt_after_two(f, item, record):
-        write_scene(f, item, record)
+    def interrupt_after_two(self, item, record):
+        add(self, item, record)
         written.append(item)
         if len(written) == 2:  # a real Ctrl-C: the run stops once this item is safely written
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(preprocess_module, "write_scene", interrupt_after_two)
+    monkeypatch.setattr(PartialStore, "add", interrupt_after_two)
     with pytest.raises(KeyboardInterrupt):
         run_preprocess(PreprocessOptions(output=out, **options))
-    tmp = temporary_name(out)
-    assert not out.exists() and tmp.exists() and len(written) == 2
-    monkeypatch.setattr(preprocess_module, "write_scene", write_scene)
+    parts = parts_folder(out)
+    assert not out.exists() and len(list(parts.glob("*.h5"))) == 3 and len(written) == 2
+    monkeypatch.setattr(PartialStore, "add", add)
 
-    # A different grid size (or split, or dataset) may not continue this file.
+    # A different grid size (or split, or dataset) may not continue this state.
     with pytest.raises(InputError, match="grid_size"):
         run_preprocess(PreprocessOptions(output=out, resume=True,
                                          **{**options, "grid_size": 0.1}))
-    assert tmp.exists()
+    assert len(list(parts.glob("*.h5"))) == 3
 
     converted: list[str] = []
     convert = preprocess_module._convert
@@ -234,7 +235,7 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch)
                         lambda job, item: converted.append(item) or convert(job, item))
     run_preprocess(PreprocessOptions(output=out, resume=True, **options))
     assert converted == ["train/scene_00002_room_1", "train/scene_00003_room_1"]
-    assert out.exists() and not tmp.exists()
+    assert out.exists() and not parts.exists() and not temporary_name(out).exists()
     assert_same(h5_contents(out), h5_contents(reference))
 
 

@@ -1,0 +1,101 @@
+"""`kill -9` of a real `pptkit preprocess` at many instants: resuming keeps every finished item
+and ends with the file an uninterrupted run writes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import pptkit.stages.preprocess as preprocess_module
+from pptkit.stages.preprocess import PreprocessOptions, run_preprocess
+from tests.stages.test_preprocess import assert_same, h5_contents, pointcept_fixture
+
+SCENES = 8
+GRID = 0.05
+
+
+class _Run:
+    """`pptkit -v preprocess` in a subprocess; collects the items it reports finished."""
+
+    def __init__(self, raw: Path, out: Path):
+        self.finished: list[tuple[float, str]] = []  # (time, item) per "-v" line
+        self.start = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from pptkit.cli import main; main()", "--quiet", "-v",
+             "preprocess", "--dataset", "structured3d", "--input", str(raw), "--split", "train",
+             "--output", str(out), "--grid-size", str(GRID), "--resume"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:  # the line is printed once the item is safely stored
+            if " points -> " in line:
+                self.finished.append((time.monotonic(), line.split(": ", 1)[0]))
+
+    def wait_finished(self, count: int) -> bool:
+        """Wait until `count` items are reported (False if the run ended first)."""
+        while len(self.finished) < count:
+            if self.proc.poll() is not None:
+                return False
+            time.sleep(0.002)
+        return True
+
+    def kill(self) -> int:
+        self.proc.kill()
+        code = self.proc.wait()
+        self._reader.join()
+        return code
+
+
+@pytest.mark.slow
+def test_kill_at_many_instants_then_resume_matches_uninterrupted(tmp_path, monkeypatch):
+    raw = tmp_path / "raw"
+    pointcept_fixture(raw, scenes=SCENES, n=6000)
+    reference = tmp_path / "reference.h5"
+    run = _Run(raw, reference)
+    assert run.proc.wait() == 0
+    run._reader.join()
+    expected = h5_contents(reference)
+    assert len(run.finished) == SCENES
+    times = [t for t, _ in run.finished]
+    item_time = (times[-1] - times[0]) / (SCENES - 1)
+    startup = times[0] - run.start
+
+    converted: list[str] = []
+    convert = preprocess_module._convert
+    monkeypatch.setattr(preprocess_module, "_convert",
+                        lambda job, item: converted.append(item) or convert(job, item))
+    rng = np.random.default_rng(0)
+    # (items reported before the kill's clock starts, delay): the start-up, every item, and
+    # the end (merging into the output, the rename, removing the partial state).
+    schedule = [(0, startup * f) for f in (0.2, 0.6, 0.95)]
+    schedule += [(k, item_time * rng.uniform(0, 1)) for k in range(1, SCENES) for _ in range(2)]
+    schedule += [(SCENES, item_time * f) for f in (0.0, 0.2, 0.5, 1.0, 2.0)]
+    partial = 0
+    for i, (count, delay) in enumerate(schedule):
+        out = tmp_path / f"killed{i}.h5"
+        run = _Run(raw, out)
+        run.wait_finished(count)
+        time.sleep(delay)
+        code = run.kill()
+        finished = {item for _, item in run.finished}
+        partial += 0 < len(finished) < SCENES and code == -9
+        if out.exists():  # killed after the output was renamed into place
+            assert code in (0, -9)
+        else:
+            converted.clear()
+            run_preprocess(PreprocessOptions(dataset="structured3d", input=raw, output=out,
+                                             split="train", grid_size=GRID, resume=True))
+            assert not finished & set(converted), (i, count, delay)  # nothing finished redone
+            assert len(converted) <= SCENES - len(finished)
+            assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(out.name)) \
+                == [out.name], i  # no temporary or partial state left
+        assert_same(h5_contents(out), expected)
+    assert len(schedule) >= 20 and partial >= SCENES
