@@ -25,8 +25,12 @@ per-thread malloc arenas and stay resident.
 On CPU the workers are threads of a small pool, each running torch single-threaded: one join
 per convolution instead of one OpenMP barrier per gather / GEMM / scatter, which matters on
 small machines whose cores are shared (a barrier waits for a descheduled thread, and the
-thousands of small parallel ops of a network pass stall for whole scheduler slices). On CUDA
-everything runs in order on the current stream.
+thousands of small parallel ops of a network pass stall for whole scheduler slices). A calling
+thread that runs torch single-threaded itself is one of the workers (N workers: N - 1 pool
+threads). Pool threads run their shares in the caller's inference and grad modes, set their
+thread count once when they start (torch.set_num_threads is process-wide, so sparse_conv never
+call it), and a forked child starts a pool of its own. On CUDA everything runs in order on the
+current stream.
 """
 
 from __future__ import annotations
@@ -141,18 +145,26 @@ def _in_modes(inference: bool, grad: bool, task: Callable[[], None]) -> None:
 
 
 def _run(tasks: list[Callable[[], None]], device: torch.device) -> None:
-    """Run the tasks: in pool threads on CPU (single-threaded each, in the caller's inference and
-    grad modes, so that they may write into the caller's inference tensors), else in order here."""
+    """Run the tasks: on CPU in pool threads (single-threaded each, in the caller's inference and
+    grad modes, so that they may write into the caller's inference tensors) and, when it runs torch
+    single-threaded too, the first one on this thread; elsewhere in order here.
+
+    A calling thread with more intra-op threads waits instead: its share's ops would start OpenMP
+    teams beside the pool threads, more threads than cores.
+    """
     if len(tasks) == 1 or device.type != "cpu":
         for task in tasks:
             task()
         return
+    here = tasks[:1] if torch.get_num_threads() == 1 else []
     modes = (torch.is_inference_mode_enabled(), torch.is_grad_enabled())
-    pool = _pool(len(tasks))
+    pool = _pool(len(tasks) - len(here))
     futures = []
     try:
-        for task in tasks:
+        for task in tasks[len(here):]:
             futures.append(pool.submit(_in_modes, *modes, task))
+        for task in here:
+            task()
     finally:
         wait(futures)  # even when one fails, no task may still write into the buffers after this
     for future in futures:

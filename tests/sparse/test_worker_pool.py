@@ -153,3 +153,27 @@ def test_a_failing_worker_waits_for_its_siblings(monkeypatch, failing):
     monkeypatch.setattr(torch_backend, "_convolve_rows", convolve_rows)
     with torch.no_grad():
         assert torch.equal(conv(x).feats, expected)  # the pool still works
+
+
+@pytest.mark.parametrize("caller_threads, pool_threads", [(1, 2), (2, 3)])
+def test_the_calling_thread_takes_a_share(monkeypatch, caller_threads, pool_threads):
+    """3 workers = the calling thread + 2 pool threads, when the caller runs torch single-threaded
+    like the pool threads; a caller with more intra-op threads leaves all 3 shares to the pool."""
+    torch.set_num_threads(caller_threads)  # the conftest fixture restores its count after the test
+    monkeypatch.setattr(torch_backend, "_POOL", None)
+    monkeypatch.setattr(torch_backend, "_CPU_WORKERS", 3)
+    x, net = scene(), small_net()
+    threads = {"forward": set(), "backward": set()}
+    for name, key in [("_convolve_rows", "forward"), ("_backward_rows", "backward")]:
+        def recording(*args, run=getattr(torch_backend, name), key=key):
+            threads[key].add(threading.get_ident())
+            run(*args)
+
+        monkeypatch.setattr(torch_backend, name, recording)
+    feats = x.feats.clone().requires_grad_()
+    net(x.replace(feats)).feats.square().sum().backward()
+    assert torch_backend._POOL._max_workers == pool_threads
+    caller = threading.get_ident()
+    for key in threads:
+        assert len(threads[key]) == 3
+        assert (caller in threads[key]) == (caller_threads == 1)
