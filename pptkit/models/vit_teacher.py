@@ -249,7 +249,9 @@ class PromptedTeacher(nn.Module):
                         else nn.Identity())
         self.proj_out = (nn.Linear(width, out_dim) if out_dim != width or project_equal_widths
                          else nn.Identity())
-        self.pos_embed = nn.Sequential(nn.Linear(3, pos_hidden_dim), nn.GELU(), nn.Linear(pos_hidden_dim, width))
+        self.pos_embed = nn.Sequential(
+            nn.Linear(3, pos_hidden_dim), nn.GELU(), nn.Linear(pos_hidden_dim, width)
+        )
         depth = len(self.blocks)
         self.prompts = nn.Parameter(torch.zeros(depth, num_prompts, width))
         self.prompt_pos = nn.Parameter(torch.zeros(depth, num_prompts, width))
