@@ -111,9 +111,12 @@ def run_preprocess(opts: PreprocessOptions) -> Path:
                                   soft_wrap=True)
                 check_interrupt()
         parts.merge(items, output, lambda todo: track(todo, f"merge {reader.name}"))
-    except InputError:
-        parts.remove()
-        raise
+    except InputError as exc:
+        if not parts.done:
+            parts.remove()
+            raise
+        raise InputError(f"{exc}; the {len(parts.done)} finished item(s) are kept in "
+                         f"{parts.folder}: fix the input and run again with --resume") from None
     except BaseException:
         if parts.done:
             console.print(f"partial output kept in {escape(str(parts.folder))}; run again with "

@@ -282,3 +282,59 @@ def test_real_s3dis_sample(tmp_path):
     assert info["dataset"] == "s3dis" and info["scenes"] == 2
     assert 0 < info["voxels"] < info["points"]
     assert sum(info["class_counts"].values()) == info["points"]  # every S3DIS point is labelled
+
+
+def s3dis_fixture(root: Path, rooms: int = 3, n: int = 300) -> list[Path]:
+    """Area_5 rooms of two annotation files each; returns the rooms' chair files."""
+    chairs = []
+    for r in range(rooms):
+        folder = root / "Area_5" / f"office_{r + 1}" / "Annotations"
+        folder.mkdir(parents=True)
+        rng = np.random.default_rng(r)
+        for name in ("chair_1", "floor_1"):
+            table = np.concatenate([rng.uniform(0, 3, (n, 3)), rng.integers(0, 256, (n, 3))], 1)
+            np.savetxt(folder / f"{name}.txt", table, fmt="%.4f %.4f %.4f %d %d %d")
+        chairs.append(folder / "chair_1.txt")
+    return chairs
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def verbose_items(stderr: str) -> list[str]:
+    """Items a `-v` run reports as converted."""
+    return [line.split(": ", 1)[0] for line in stderr.splitlines() if " points -> " in line]
+
+
+@pytest.mark.slow
+def test_bad_file_on_resume_keeps_finished_items(tmp_path):
+    raw = tmp_path / "raw"
+    chairs = s3dis_fixture(raw)
+    reference = tmp_path / "reference.h5"
+    assert run_cli("preprocess", "--dataset", "s3dis", "--input", raw, "--output", reference,
+                   "--grid-size", GRID).returncode == 0
+    good = chairs[1].read_text()
+    lines = good.splitlines()
+    lines[3] = "1.0 2.0 3.0 10 20"  # 5 values on line 4 of the second room
+    chairs[1].write_text("\n".join(lines) + "\n")
+
+    out = tmp_path / "s3dis.h5"
+    args = ["-v", "preprocess", "--dataset", "s3dis", "--input", raw, "--output", out,
+            "--grid-size", GRID, "--strict"]
+    for resume in ([], ["--resume"]):  # a fresh run, then a resumed one, meet the bad file
+        result = run_cli(*args, *resume)
+        assert result.returncode == 2, result.stderr
+        errors = error_lines(result.stderr)
+        assert len(errors) == 1 and f"{chairs[1]}:line 4:" in errors[0], result.stderr
+        assert "--resume" in errors[0] and "Traceback" not in result.stderr
+        assert verbose_items(result.stderr) == ([] if resume else ["Area_5/office_1"])
+        assert not out.exists() and not temporary_name(out).exists()
+        assert len(list(parts_folder(out).glob("*.h5"))) == 2  # meta + the finished room
+
+    chairs[1].write_text(good)
+    result = run_cli(*args, "--resume")
+    assert result.returncode == 0, result.stderr
+    assert verbose_items(result.stderr) == ["Area_5/office_2", "Area_5/office_3"]
+    assert_same(h5_contents(out), h5_contents(reference))
+    assert not parts_folder(out).exists()
