@@ -29,7 +29,7 @@ thousands of small parallel ops of a network pass stall for whole scheduler slic
 thread that runs torch single-threaded itself is one of the workers (N workers: N - 1 pool
 threads). Pool threads run their shares in the caller's inference and grad modes, set their
 thread count once when they start (torch.set_num_threads is process-wide, so sparse_conv never
-call it), and a forked child starts a pool of its own. On CUDA everything runs in order on the
+calls it), and a forked child starts a pool of its own. On CUDA everything runs in order on the
 current stream.
 """
 
