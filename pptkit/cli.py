@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.text import Text
 
 from pptkit import __version__
 from pptkit.errors import InputError
@@ -145,21 +146,42 @@ def evaluate(
                          device=device, seed=seed, verbose=_verbose))
 
 
+INTERRUPTED = ("interrupted: finished work is kept (the last complete checkpoint, finished scenes); "
+               "run the same command with --resume to continue")
+
+
 def main() -> None:
-    """Entry point: run the app and map errors to exit codes (usage errors are click's, exit 2)."""
+    """Entry point: run the app and map outcomes to exit codes.
+
+    0 success; 1 unexpected failure; 2 bad input or usage (one line); 130 Ctrl-C (one line).
+    The app runs outside click's standalone mode so that Ctrl-C, usage errors and our own
+    errors reach this one handler whatever the Typer version.
+    """
     try:
-        app()
+        code = app(standalone_mode=False)
     except InputError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(Text.assemble(("error: ", "bold red"), str(exc)))
         sys.exit(2)
     except KeyboardInterrupt:
-        console.print("interrupted: the last complete checkpoint or finished scenes are kept (use --resume)",
-                      highlight=False, soft_wrap=True)
-        sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - the one place unexpected failures are reported
-        if _verbose:
-            console.print_exception()
+        code = 130
+    except Exception as exc:  # noqa: BLE001 - the one place failures are reported
+        kinds = {cls.__name__ for cls in type(exc).__mro__}  # click may be Typer's vendored copy
+        if "Abort" in kinds:
+            code = 130
+        elif "NoArgsIsHelpError" in kinds:
+            exc.show()
+            sys.exit(exc.exit_code)
+        elif "ClickException" in kinds:  # usage errors: unknown option, missing value, ...
+            console.print(Text.assemble(("error: ", "bold red"), exc.format_message()))
+            sys.exit(exc.exit_code)
         else:
-            console.print(f"[bold red]unexpected error:[/] {type(exc).__name__}: {exc} "
-                          "(run with -v for a traceback)", highlight=False, soft_wrap=True)
-        sys.exit(1)
+            if _verbose:
+                console.print_exception()
+            else:
+                console.print(Text.assemble(("unexpected error: ", "bold red"),
+                                            f"{type(exc).__name__}: {exc} (run with -v for a traceback)"))
+            sys.exit(1)
+    if code == 130:  # Typer turns Ctrl-C inside a command into exit code 130
+        console.print(INTERRUPTED)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -2,14 +2,14 @@
 
 `load_recipe(path, RecipeClass, overrides)` reads a recipe, applies `--set key.path=value`
 overrides (parsed as TOML values and typed by the field), fills every missing field from the
-dataclass defaults, and rejects unknown keys or wrongly typed values with an InputError that
-names the file and key. `to_toml` writes the fully resolved config back (run folder `config.toml`).
+dataclass defaults, and rejects unknown keys, wrongly typed values and values outside a field's
+range (declared with `bounded`) with an InputError that names the file and key. `to_toml`
+writes the fully resolved config back (run folder `config.toml`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import types
 import typing
 from pathlib import Path
@@ -19,7 +19,18 @@ import tomli_w
 
 from pptkit.errors import InputError
 
+try:
+    import tomllib  # novermin (guarded: 3.11+)
+except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
+    import tomli as tomllib
+
 T = TypeVar("T")
+
+
+def bounded(default: Any, *, ge: float | None = None, gt: float | None = None,
+            le: float | None = None) -> Any:
+    """A dataclass field with a default and an allowed range (checked when a recipe is read)."""
+    return dataclasses.field(default=default, metadata={"ge": ge, "gt": gt, "le": le})
 
 
 def load_recipe(path: str | Path | None, cls: type[T], overrides: list[str] = ()) -> T:
@@ -54,7 +65,27 @@ def from_dict(cls: type[T], raw: dict[str, Any], source: str, prefix: str = "") 
     kwargs = {}
     for name, value in raw.items():
         kwargs[name] = _coerce(hints[name], value, source, prefix + name)
+        _check_range(fields[name], kwargs[name], source, prefix + name)
     return cls(**kwargs)
+
+
+def _check_range(spec: dataclasses.Field, value: Any, source: str, key: str) -> None:
+    """Check a value (or each value of a table or list) against the field's declared range."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_range(spec, v, source, f"{key}.{k}")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_range(spec, v, source, f"{key}[{i}]")
+        return
+    ge, gt, le = (spec.metadata.get(k) for k in ("ge", "gt", "le"))
+    if ge is not None and value < ge:
+        raise InputError(f"'{key}' must be >= {ge}, got {value!r}", source)
+    if gt is not None and value <= gt:
+        raise InputError(f"'{key}' must be > {gt}, got {value!r}", source)
+    if le is not None and value > le:
+        raise InputError(f"'{key}' must be <= {le}, got {value!r}", source)
 
 
 def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:

@@ -19,7 +19,9 @@ from rich.progress import (
 
 T = TypeVar("T")
 
-console = Console(stderr=True)
+# User text (file names, class names, messages) prints literally: no markup, no highlighting,
+# and long lines are never wrapped (a metrics line stays one line in a log file).
+console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
 _quiet = False
 
 
@@ -37,10 +39,10 @@ def fancy() -> bool:
 def make_progress() -> Progress:
     """A rich Progress with the columns every pptkit loop uses."""
     return Progress(
-        TextColumn("[bold blue]{task.description}"),
+        TextColumn("{task.description}", style="bold blue", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
+        TextColumn("{task.fields[status]}", markup=False),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,

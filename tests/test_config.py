@@ -1,14 +1,19 @@
 """Recipes: defaults, overrides typed by field, unknown keys and bad values are clear errors."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+from pptkit.config import tomllib
 
 from pptkit.config import load_recipe, to_toml
 from pptkit.errors import InputError
 from pptkit.stages.ppt_recipe import PPTRecipe
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in RECIPES.glob("ppt-*.toml")))
@@ -64,3 +69,52 @@ def test_bad_recipe_file_names_the_file(tmp_path):
     unknown.write_text("[modle]\nx = 1\n")
     with pytest.raises(InputError, match="unknown key 'modle'"):
         load_recipe(unknown, PPTRecipe)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.batch_size=0", "'data.batch_size' must be >= 1, got 0"),
+    ("train.log_every=0", "'train.log_every' must be >= 1, got 0"),
+    ("data.grid_size=0", "'data.grid_size' must be > 0, got 0.0"),
+    ("optim.lr=-1", "'optim.lr' must be > 0, got -1.0"),
+    ("train.epochs=0", "'train.epochs' must be >= 1, got 0"),
+    ("data.ratios.scannet=0", "'data.ratios.scannet' must be >= 1, got 0"),
+    ("model.channels=[8,8,0,8,8,8,8,8]", "'model.channels[2]' must be >= 1, got 0"),
+])
+def test_out_of_range_values_name_the_key(override, message):
+    with pytest.raises(InputError) as caught:
+        load_recipe(RECIPES / "ppt-tiny.toml", PPTRecipe, [override])
+    assert str(caught.value) == f"{RECIPES / 'ppt-tiny.toml'} with --set overrides: {message}"
+
+
+def test_out_of_range_value_in_the_file_names_the_file(tmp_path):
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text("[optim]\nmomentum = 1.5\n")
+    with pytest.raises(InputError, match=r"bad.toml: 'optim.momentum' must be <= 1, got 1.5"):
+        load_recipe(recipe, PPTRecipe)
+
+
+def test_recipes_read_without_tomllib(tmp_path):
+    """Python 3.10 has no tomllib: the config module falls back to the tomli package."""
+    script = (
+        "import sys; sys.modules['tomllib'] = None\n"  # makes `import tomllib` fail as on 3.10
+        "from pptkit.config import load_recipe, tomllib\n"
+        "from pptkit.stages.ppt_recipe import PPTRecipe\n"
+        "assert tomllib.__name__ == 'tomli', tomllib\n"
+        f"r = load_recipe({str(RECIPES / 'ppt-tiny.toml')!r}, PPTRecipe, ['optim.lr=0.5'])\n"
+        "assert r.optim.lr == 0.5\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_source_runs_on_the_oldest_declared_python():
+    """`requires-python` in pyproject.toml must hold: vermin finds the minimum version each file needs."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    declared = pyproject["project"]["requires-python"]
+    assert declared.startswith(">=")
+    oldest = declared[2:].strip()
+    vermin = Path(sys.executable).with_name("vermin")  # installed with the dev extras
+    result = subprocess.run([str(vermin), "--no-tips", "--violations", "--eval-annotations",
+                             f"-t={oldest}-", str(ROOT / "pptkit")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise InputError("checkpoint not found", path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        # weights_only refused a Python object: possibly malicious, so never retry without it.
+        raise InputError("not a pptkit checkpoint (it holds Python objects other than tensors and "
+                         "plain containers); it was not loaded", path)
     except Exception as exc:  # noqa: BLE001 - any failure to read is bad input here
-        raise InputError(f"not a readable pptkit checkpoint ({type(exc).__name__}: {exc})", path)
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise InputError(f"not a readable pptkit checkpoint ({type(exc).__name__}: {first_line})", path)
 
 
 def find_checkpoint(path: str | Path, prefer: tuple[str, ...] = ("best.pt", "last.pt")) -> Path:

@@ -1,4 +1,8 @@
-"""Distributed set-up from torchrun's environment: NCCL on CUDA, gloo on CPU."""
+"""Distributed set-up from torchrun's environment.
+
+On CUDA the process group serves both devices (`cpu:gloo,cuda:nccl`): gradients go through
+NCCL, while small CPU tensors (loss sums, confusion matrices, checksums) can still be reduced.
+"""
 
 from __future__ import annotations
 
@@ -30,8 +34,13 @@ def init_distributed(device: torch.device) -> DistInfo:
     if world_size == 1:
         return DistInfo(0, 1, 0)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend=process_group_backend(device))
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def process_group_backend(device: torch.device) -> str:
+    """gloo for CPU tensors everywhere, plus NCCL for CUDA tensors when training on GPUs."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
 
 
 def resolve_device(spec: str) -> torch.device:

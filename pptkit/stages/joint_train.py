@@ -8,16 +8,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pptkit.config import from_dict, load_recipe, to_dict, to_toml
+import torch.nn.functional as F
+
+from pptkit.config import to_dict, to_toml
+from pptkit.data.classes import IGNORE_INDEX
 from pptkit.data.dataset import SceneDataset
 from pptkit.data.transforms import eval_transforms, train_transforms
-from pptkit.engine.batch import collate
+from pptkit.engine.batch import Batch, collate
 from pptkit.engine.checkpoint import load_checkpoint, save_checkpoint
-from pptkit.engine.distributed import check_in_sync, cleanup, init_distributed, resolve_device
+from pptkit.engine.distributed import check_in_sync, cleanup
 from pptkit.engine.inference import evaluate_dataset
 from pptkit.engine.run_dir import RunDir
 from pptkit.engine.sampler import ScheduledBatch, epoch_schedule
-from pptkit.engine.trainer import LoopConfig, TrainState, restore, train
+from pptkit.engine.setup import RunSetup, open_run
+from pptkit.engine.trainer import LoopConfig, StepResult, TrainState, restore, train
 from pptkit.errors import InputError
 from pptkit.models.label_space import UnionLabelSpace
 from pptkit.models.pdnorm import split_prompt_parameters
@@ -80,15 +84,10 @@ class EpochBatches(torch.utils.data.Dataset):
 
 
 def run_joint_train(opts: JointTrainOptions) -> PPTRecipe:
-    device = resolve_device(opts.device)
-    dist = init_distributed(device)
-    run = RunDir(opts.out, writer=dist.is_main)
-    checkpoint = None
-    if opts.resume:
-        if not run.last.is_file():
-            raise InputError("nothing to resume (no last.pt)", run.path)
-        checkpoint = load_checkpoint(run.last, device)
-    recipe = _resolve_recipe(opts, run, checkpoint)
+    setup = open_run(opts.out, opts.resume, opts.recipe, PPTRecipe, opts.overrides, opts.device)
+    device, dist, run, recipe, checkpoint = setup.device, setup.dist, setup.run, setup.recipe, setup.checkpoint
+
+    # Every input is checked before anything is written.
     train_paths = parse_named_paths(opts.data, "--data")
     val_paths = parse_named_paths(opts.val, "--val")
     if not train_paths:
@@ -101,19 +100,39 @@ def run_joint_train(opts: JointTrainOptions) -> PPTRecipe:
     for name in val_paths:
         if name not in train_paths:
             raise InputError(f"validation set '{name}' is not one of the trained datasets {names}", "--val")
-
-    if recipe.data.augment:
-        transform = train_transforms(recipe.data.grid_size, point_max=recipe.data.point_max)
-    else:
-        transform = eval_transforms(recipe.data.grid_size)
     train_sets = [SceneDataset(train_paths[n]) for n in names]
     val_sets = {n: SceneDataset(p, with_points=True) for n, p in val_paths.items()}
     for n, ds in val_sets.items():
         if tuple(ds.class_names) != tuple(train_sets[names.index(n)].class_names):
             raise InputError(f"class names differ from the training file's for '{n}'", val_paths[n])
-    labels = UnionLabelSpace.from_class_names({n: list(ds.class_names) for n, ds in zip(names, train_sets)})
+    global_batch = recipe.data.batch_size * dist.world_size
+    for n, ds in zip(names, train_sets):
+        if len(ds) < global_batch:
+            raise InputError(f"dataset '{n}' has {len(ds)} scenes, fewer than one global batch "
+                             f"({global_batch} = data.batch_size x {dist.world_size} processes)", train_paths[n])
+    class_names = {n: list(ds.class_names) for n, ds in zip(names, train_sets)}
+    if checkpoint is not None:
+        _check_same_datasets(checkpoint, names, class_names, run.last)
+    labels = UnionLabelSpace.from_class_names(class_names)
     if opts.verbose and dist.is_main:
         console.print(labels.describe())
+
+    run.start(to_toml(recipe), resume_step=None if checkpoint is None else checkpoint["step"])
+    try:
+        return _train(opts, setup, train_sets, val_sets, names, class_names, labels)
+    finally:
+        run.close()
+        cleanup()
+
+
+def _train(opts: JointTrainOptions, setup: RunSetup[PPTRecipe], train_sets: list[SceneDataset],
+           val_sets: dict[str, SceneDataset], names: list[str], class_names: dict[str, list[str]],
+           labels: UnionLabelSpace) -> PPTRecipe:
+    device, dist, run, recipe, checkpoint = setup.device, setup.dist, setup.run, setup.recipe, setup.checkpoint
+    if recipe.data.augment:
+        transform = train_transforms(recipe.data.grid_size, point_max=recipe.data.point_max)
+    else:
+        transform = eval_transforms(recipe.data.grid_size)
     text = _text_embeddings(recipe, labels, run) if recipe.model.head == "language" else None
 
     torch.manual_seed(opts.seed)
@@ -128,24 +147,30 @@ def run_joint_train(opts: JointTrainOptions) -> PPTRecipe:
         return epoch_schedule([len(d) for d in train_sets], ratios, recipe.data.batch_size, opts.seed,
                               epoch, dist.rank, dist.world_size)
 
-    try:
-        steps_per_epoch = len(schedule_for(0))  # the same every epoch: it depends on sizes only
-    except ValueError as exc:
-        raise InputError(str(exc), "--data")
+    steps_per_epoch = len(schedule_for(0))  # the same every epoch: it depends on sizes only
     optimizer, scheduler = _optimizer(model, recipe, steps_per_epoch * recipe.train.epochs)
 
     state = TrainState()
     if checkpoint is not None:
-        state = restore(checkpoint, model, optimizer, scheduler)
-        run.truncate_metrics(state.step)
+        state = restore(checkpoint, model, optimizer, scheduler, device)
         console.print(f"resuming {run.last} at epoch {state.epoch}, step {state.step}")
 
     def batches_for_epoch(epoch: int):
-        loader = torch.utils.data.DataLoader(
-            EpochBatches(train_sets, schedule_for(epoch), transform, opts.seed, epoch), batch_size=None,
-            shuffle=False, num_workers=recipe.data.num_workers, collate_fn=lambda item: item)
+        loader = epoch_loader(EpochBatches(train_sets, schedule_for(epoch), transform, opts.seed, epoch),
+                              recipe.data.num_workers)
         for dataset, samples in loader:
             yield collate(samples, dataset, device)
+
+    def loss_fn(model: torch.nn.Module, batch: Batch, step: int) -> StepResult:
+        # Per-voxel logits over this batch's dataset classes, scored per input row.
+        row_logits = model(batch.input, batch.dataset).float()[batch.inverse]
+        if (batch.target != IGNORE_INDEX).any():
+            loss = F.cross_entropy(row_logits, batch.target, ignore_index=IGNORE_INDEX)
+        else:  # nothing labelled in this crop: keep every rank's graph alive, learn nothing
+            loss = row_logits.sum() * 0.0
+        name = names[batch.dataset]
+        return StepResult(loss, size=batch.input.feats.shape[0], counts={f"batches_{name}": 1},
+                          tag={"dataset": name})
 
     def validate() -> dict[str, float]:
         scores = {}
@@ -156,43 +181,44 @@ def run_joint_train(opts: JointTrainOptions) -> PPTRecipe:
         scores = {"miou": float(np.mean(list(scores.values()))), **scores}
         return scores
 
-    extra = {"config": to_dict(recipe), "datasets": names,
-             "class_names": {n: list(ds.class_names) for n, ds in zip(names, train_sets)},
+    extra = {"config": to_dict(recipe), "datasets": names, "class_names": class_names,
              "union_names": list(labels.union_names), "seed": opts.seed}
     loop = LoopConfig(recipe.train.epochs, recipe.train.clip_grad, recipe.train.amp,
-                      recipe.train.log_every, recipe.train.eval_every)
-    try:
-        state = train(model, optimizer, scheduler, batches_for_epoch, steps_per_epoch, names,
-                      validate if val_sets else None, run, loop, state, device, dist, extra)
-        if dist.enabled:
-            in_sync = check_in_sync(model)
-            run.log({"step": state.step, "epoch": state.epoch, "split": "ddp_check",
-                     "world_size": dist.world_size, "ranks_in_sync": in_sync})
-            if not in_sync:
-                raise RuntimeError("ranks ended with different weights")
-        if dist.is_main:
-            console.print(f"done: {state.epoch} epochs, {state.step} steps; checkpoints in {run.path}")
-    finally:
-        run.close()
-        cleanup()
+                      recipe.train.log_every, recipe.train.eval_every, monitor="miou", unit="vox")
+    state = train(model, optimizer, scheduler, loss_fn, batches_for_epoch, steps_per_epoch,
+                  validate if val_sets else None, run, loop, state, device, dist, extra)
+    if dist.enabled:
+        in_sync = check_in_sync(model)
+        run.log({"step": state.step, "epoch": state.epoch, "split": "ddp_check",
+                 "world_size": dist.world_size, "ranks_in_sync": in_sync})
+        if not in_sync:
+            raise RuntimeError("ranks ended with different weights")
+    if dist.is_main:
+        console.print(f"done: {state.epoch} epochs, {state.step} steps; checkpoints in {run.path}")
     return recipe
 
 
-def _resolve_recipe(opts: JointTrainOptions, run: RunDir, checkpoint: dict | None) -> PPTRecipe:
-    """The recipe plus overrides; when resuming it must equal the checkpoint's own config."""
-    recipe = load_recipe(opts.recipe, PPTRecipe, opts.overrides)
-    if checkpoint is not None:
-        saved = from_dict(PPTRecipe, checkpoint["config"], str(run.last))
-        if opts.recipe is None and not opts.overrides:
-            return saved
-        if saved != recipe:
-            raise InputError("recipe differs from the run's config.toml; resume with the same "
-                             "recipe and --set values (or none)", run.path / "config.toml")
-        return saved
-    if run.last.is_file():
-        raise InputError("run folder already holds a checkpoint: pass --resume, or choose another --out", run.path)
-    run.write_config(to_toml(recipe))
-    return recipe
+def epoch_loader(batches: EpochBatches, num_workers: int) -> torch.utils.data.DataLoader:
+    """A DataLoader over one epoch's scheduled batches, in order; works under fork and spawn."""
+    return torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=num_workers,
+                                       collate_fn=_as_built)
+
+
+def _as_built(item: tuple[int, list[dict]]) -> tuple[int, list[dict]]:
+    """DataLoader collate for batches that EpochBatches already assembled (a named function, so
+    spawned workers can unpickle it)."""
+    return item
+
+
+def _check_same_datasets(checkpoint: dict, names: list[str], class_names: dict[str, list[str]], path: Path) -> None:
+    """A resumed run must train the checkpoint's datasets, in its order, with its class lists."""
+    saved = list(checkpoint["datasets"])
+    if saved != names:
+        raise InputError(f"--data datasets {names} differ from the checkpoint's {saved} "
+                         "(same names, same order)", path)
+    for name in names:
+        if list(checkpoint["class_names"][name]) != class_names[name]:
+            raise InputError(f"class names of dataset '{name}' differ from the checkpoint's", path)
 
 
 def _text_embeddings(recipe: PPTRecipe, labels: UnionLabelSpace, run: RunDir) -> torch.Tensor:

@@ -9,20 +9,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pptkit.config import bounded
+
 
 @dataclass
 class ModelConfig:
     backbone: Literal["spunet", "minkunet14", "minkunet18", "minkunet34"] = "spunet"
-    base_channels: int = 32
-    channels: tuple[int, ...] = (32, 64, 128, 256, 256, 128, 96, 96)  # spunet only
-    layers: tuple[int, ...] = (2, 3, 4, 6, 2, 2, 2, 2)  # spunet only
+    base_channels: int = bounded(32, ge=1)
+    channels: tuple[int, ...] = bounded((32, 64, 128, 256, 256, 128, 96, 96), ge=1)  # spunet only
+    layers: tuple[int, ...] = bounded((2, 3, 4, 6, 2, 2, 2, 2), ge=1)  # spunet only
     backend: Literal["torch", "minkowski"] = "torch"
-    norm_eps: float = 1e-3
-    norm_momentum: float = 0.01  # running-statistics momentum; short CPU schedules need more (0.1)
+    norm_eps: float = bounded(1e-3, gt=0)
+    norm_momentum: float = bounded(0.01, gt=0, le=1)  # running-statistics momentum; short CPU schedules need more (0.1)
     adapter: Literal["pdnorm", "direct", "none"] = "pdnorm"  # how the domain prompt enters
     head: Literal["language", "decoupled", "unionized"] = "language"
-    context_channels: int = 256  # domain prompt size
-    temperature: float = 0.07  # language-guided head
+    context_channels: int = bounded(256, ge=1)  # domain prompt size
+    temperature: float = bounded(0.07, gt=0)  # language-guided head
     text_encoder: Literal["minilm", "clip"] = "minilm"
     clip_weights: str = ""  # local open_clip weights file, for text_encoder = "clip"
     clip_model: str = "ViT-B-16"
@@ -32,41 +34,42 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     # Batches per dataset in one interleaving cycle; datasets trained are those given with --data.
-    ratios: dict[str, int] = field(default_factory=lambda: {"structured3d": 4, "scannet": 2, "s3dis": 1})
-    batch_size: int = 2  # scenes per batch per process
-    num_workers: int = 2
-    grid_size: float = 0.02  # training voxel size (metres)
-    point_max: int = 100000  # sphere crop at train time
+    ratios: dict[str, int] = field(default_factory=lambda: {"structured3d": 4, "scannet": 2, "s3dis": 1},
+                                   metadata={"ge": 1})
+    batch_size: int = bounded(2, ge=1)  # scenes per batch per process
+    num_workers: int = bounded(2, ge=0)
+    grid_size: float = bounded(0.02, gt=0)  # training voxel size (metres)
+    point_max: int = bounded(100000, ge=1)  # sphere crop at train time
     augment: bool = True
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 100
-    eval_every: int = 1  # epochs between validations (when --val is given)
-    clip_grad: float = 10.0  # max gradient norm; 0 turns clipping off
+    epochs: int = bounded(100, ge=1)
+    eval_every: int = bounded(1, ge=1)  # epochs between validations (when --val is given)
+    clip_grad: float = bounded(10.0, ge=0)  # max gradient norm; 0 turns clipping off
     amp: bool = True  # mixed precision, CUDA only
-    log_every: int = 10  # steps between metrics.jsonl lines
+    log_every: int = bounded(10, ge=1)  # steps between metrics.jsonl lines
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    lr: float = bounded(0.05, gt=0)
+    momentum: float = bounded(0.9, ge=0, le=1)
+    weight_decay: float = bounded(1e-4, ge=0)
     nesterov: bool = True
     scheduler: Literal["onecycle", "cosine", "constant"] = "onecycle"
-    pct_start: float = 0.05
-    div_factor: float = 10.0
-    final_div_factor: float = 1000.0
-    prompt_lr_scale: float = 0.1  # learning-rate factor for prompts and PDNorm modulation
+    pct_start: float = bounded(0.05, gt=0, le=1)
+    div_factor: float = bounded(10.0, gt=0)
+    final_div_factor: float = bounded(1000.0, gt=0)
+    prompt_lr_scale: float = bounded(0.1, ge=0)  # learning-rate factor for prompts and PDNorm modulation
 
 
 @dataclass
 class EvalConfig:
-    tta: bool = False
-    tta_scales: tuple[float, ...] = (0.9, 1.0, 1.1)
-    tta_rotations: int = 4  # rotations about z (multiples of 360/n degrees)
+    tta: bool = False  # `pptkit eval` votes over the views below even without --tta
+    tta_scales: tuple[float, ...] = bounded((0.9, 1.0, 1.1), gt=0)
+    tta_rotations: int = bounded(4, ge=1)  # rotations about z (multiples of 360/n degrees)
     tta_flip: bool = True
 
 

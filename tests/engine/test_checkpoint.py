@@ -27,8 +27,20 @@ class Payload:
 def test_pickled_objects_are_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"x": Payload()}, path, pickle_module=pickle)
-    with pytest.raises(InputError, match="not a readable pptkit checkpoint"):
+    with pytest.raises(InputError) as caught:
         load_checkpoint(path)
+    message = str(caught.value)
+    assert message == f"{path}: not a pptkit checkpoint (it holds Python objects other than tensors and " \
+                      "plain containers); it was not loaded"
+    assert "weights_only=False" not in message and "\n" not in message
+
+
+def test_a_corrupt_file_is_one_line(tmp_path):
+    path = tmp_path / "broken.pt"
+    path.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(InputError, match="not a readable pptkit checkpoint") as caught:
+        load_checkpoint(path)
+    assert "\n" not in str(caught.value)
 
 
 def test_run_folder_prefers_best_then_last(tmp_path):

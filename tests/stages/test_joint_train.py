@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import numpy as np
 
 import pytest
 import torch
@@ -144,16 +148,145 @@ def test_two_cpu_processes_train_one_model(style_data, tmp_path):
     (["--data", "scannet"], "expected NAME=PATH.h5"),
     (["--set", "model.nope=1"], "unknown key 'model.nope'"),
     (["--resume"], "nothing to resume"),
+    (["--set", "data.batch_size=0"], "'data.batch_size' must be >= 1, got 0"),
+    (["--set", "train.log_every=0"], "'train.log_every' must be >= 1, got 0"),
+    (["--set", "data.grid_size=0"], "'data.grid_size' must be > 0"),
+    (["--set", "optim.lr=-1"], "'optim.lr' must be > 0"),
+    (["--set", "train.epochs=0"], "'train.epochs' must be >= 1"),
+    (["--set", "data.batch_size=5"], "dataset 'scannet' has 4 scenes, fewer than one global batch (5"),
+    (["--set", "data.ratios={}"], "no ratio for dataset 'scannet' (add it to [data] ratios)"),
+    (["--data", "structured3d=STORE"], "validation set 'scannet' is not one of the trained datasets"),
 ])
-def test_bad_input_is_one_line_and_exit_2(style_data, tmp_path, args, message):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(style_data, tmp_path, args, message):
     base = ["joint-train", "--recipe", RECIPE, "--out", tmp_path / "run", "--device", "cpu"]
     if "--data" not in args:
         base += ["--data", f"scannet={style_data['scannet']['train']}"]
+    else:
+        args = [a.replace("STORE", str(style_data["structured3d"]["train"])) for a in args]
+        if "structured3d=" in args[1]:
+            args += ["--val", f"scannet={style_data['scannet']['val']}"]
     result = run_cli(*base, *args)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "run" / "last.pt").exists()
+    assert not (tmp_path / "run").exists()
+
+
+def test_out_naming_a_file_is_refused(style_data, tmp_path):
+    target = tmp_path / "notes.txt"
+    target.write_text("mine")
+    result = run_cli("joint-train", "--recipe", RECIPE, "--out", target, "--device", "cpu",
+                     "--data", f"scannet={style_data['scannet']['train']}")
+    assert result.returncode == 2 and "--out names an existing file" in result.stderr
+    assert target.read_text() == "mine"
+
+
+def test_resume_with_datasets_in_another_order_says_which(style_data, tmp_path):
+    run = tmp_path / "run"
+    files = {s: style_data[s] for s in ("scannet", "s3dis")}
+    run_joint_train(options(files, run, epochs=1, val=False))
+    result = run_cli("joint-train", "--out", run, "--device", "cpu", "--resume",
+                     "--data", f"s3dis={files['s3dis']['train']}", "--data", f"scannet={files['scannet']['train']}")
+    assert result.returncode == 2, result.stderr
+    assert "--data datasets ['s3dis', 'scannet'] differ from the checkpoint's ['scannet', 's3dis']" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def cli_command(*args) -> list[str]:
+    return [sys.executable, "-c", "from pptkit.cli import main; main()", "--quiet", *map(str, args)]
+
+
+def start_training(style_data, run: Path, epochs: int = 50) -> subprocess.Popen:
+    """A joint-train run in a subprocess that logs every step, for interrupting."""
+    cmd = cli_command("joint-train", "--recipe", RECIPE, "--out", run, "--device", "cpu",
+                      "--data", f"scannet={style_data['scannet']['train']}",
+                      *[arg for item in TINY + [f"train.epochs={epochs}"] for arg in ("--set", item)])
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended early: {proc.communicate()[1][-2000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("timed out")
+        time.sleep(0.05)
+
+
+def test_a_second_run_in_the_same_folder_is_refused(style_data, tmp_path):
+    run = tmp_path / "run"
+    first = start_training(style_data, run)
+    try:
+        wait_for(lambda: (run / ".lock").is_file(), first)
+        second = run_cli("joint-train", "--recipe", RECIPE, "--out", run, "--device", "cpu",
+                         "--data", f"scannet={style_data['scannet']['train']}")
+        assert second.returncode == 2, second.stderr
+        assert f"in use by another pptkit run (pid {first.pid})" in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_ctrl_c_exits_130_with_one_line_and_the_run_resumes(style_data, tmp_path):
+    run = tmp_path / "run"
+    proc = start_training(style_data, run, epochs=3)
+    wait_for(lambda: (run / "last.pt").is_file(), proc)  # one epoch done: a checkpoint to keep
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1].startswith("interrupted: finished work is kept")
+    assert "Traceback" not in stderr
+    assert not (run / ".lock").exists()
+    epoch = torch.load(run / "last.pt", weights_only=True)["epoch"]
+    result = run_cli("joint-train", "--out", run, "--device", "cpu", "--resume",
+                     "--data", f"scannet={style_data['scannet']['train']}")
+    assert result.returncode == 0, result.stderr
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 3 >= epoch
+
+
+def test_ctrl_c_during_eval_exits_130_with_one_line(style_data, tmp_path):
+    run = tmp_path / "run"
+    run_joint_train(options({"scannet": style_data["scannet"]}, run, epochs=1, val=False))
+    proc = subprocess.Popen(cli_command("eval", "--checkpoint", run, "--device", "cpu", "--tta",
+                                        "--data", f"scannet={style_data['scannet']['train']}"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stderr.readline()  # the first progress line: eval is predicting scene 1 of 4
+    assert "1/4" in first, first
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    proc.wait(timeout=60)
+    stderr = first + rest
+    if proc.returncode == 0:
+        pytest.fail("eval finished before the interrupt arrived")
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1].startswith("interrupted:")
+    assert "Traceback" not in stderr
+
+
+def test_loader_workers_start_under_spawn(style_data, monkeypatch):
+    """macOS and Python 3.14 start DataLoader workers by spawning: everything must pickle."""
+    import multiprocessing
+
+    from pptkit.data.dataset import SceneDataset
+    from pptkit.data.transforms import train_transforms
+    from pptkit.engine.sampler import epoch_schedule
+
+    datasets = [SceneDataset(style_data["scannet"]["train"])]
+    schedule = epoch_schedule([len(datasets[0])], [1], 2, seed=0, epoch=0)
+    batches = joint_train_module.EpochBatches(datasets, schedule, train_transforms(0.1), seed=0, epoch=0)
+    expected = [batches[i] for i in range(len(batches))]
+    loader = joint_train_module.epoch_loader(batches, num_workers=2)
+    loader.multiprocessing_context = multiprocessing.get_context("spawn")
+    got = list(loader)
+    assert len(got) == len(expected)
+    for (d_a, samples_a), (d_b, samples_b) in zip(got, expected):
+        assert d_a == d_b
+        for a, b in zip(samples_a, samples_b):
+            assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def test_existing_checkpoint_needs_resume(style_data, tmp_path):
