@@ -12,12 +12,17 @@ from pptkit.errors import InputError
 
 
 def check_output(path: str | Path, overwrite: bool) -> Path:
-    """Refuse an existing output unless `overwrite` is set; make sure its folder exists."""
+    """Check, before any work and without writing anything, that the file `path` may be
+    written: not an existing file unless `overwrite`, and no file in the way of its folder
+    (which is created by whoever first writes there, once the inputs proved good)."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise InputError("output already exists (pass --overwrite to replace it)", path)
-    if path.parent != Path("") and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError("is a file, so it cannot hold the output's folder", ancestor)
     return path
 
 

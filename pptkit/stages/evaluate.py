@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from pptkit.config import from_dict
 from pptkit.data.dataset import SceneDataset
@@ -17,6 +18,7 @@ from pptkit.errors import InputError
 from pptkit.eval.metrics import SegmentationScores
 from pptkit.eval.report import per_class_table, plot_confusion, results_table, write_results_json
 from pptkit.eval.voting import tta_views
+from pptkit.fileio import check_output
 from pptkit.models.label_space import UnionLabelSpace
 from pptkit.stages.joint_train import parse_named_paths
 from pptkit.stages.ppt_model import build_model
@@ -63,19 +65,15 @@ def run_eval(opts: EvalOptions) -> dict[str, SegmentationScores]:
     data = parse_named_paths(opts.data, "--data")
     if not data:
         raise InputError("give at least one dataset as --data NAME=PATH.h5", "--data")
-    for name, path in data.items():
-        if name not in names:
-            raise InputError(f"the model was not trained on '{name}' (it knows {', '.join(names)})", "--data")
+    datasets = open_eval_datasets(data, names, class_names)
     out = opts.out or ckpt_path.parent / "eval" / "results.json"
+    _check_outputs(out, opts.export_ply)
     out.parent.mkdir(parents=True, exist_ok=True)
     e = recipe.eval
     views = tta_views(tuple(360.0 * k / e.tta_rotations for k in range(e.tta_rotations)),
                       e.tta_scales, e.tta_flip) if opts.tta else ()
     results: dict[str, SegmentationScores] = {}
-    for name, path in data.items():
-        scenes = SceneDataset(path, with_points=True)
-        if list(scenes.class_names) != list(class_names[name]):
-            raise InputError(f"class names differ from those the model was trained with for '{name}'", path)
+    for name, scenes in datasets.items():
         export_dir = None
         if opts.export_ply is not None:
             export_dir = opts.export_ply / name
@@ -90,5 +88,36 @@ def run_eval(opts: EvalOptions) -> dict[str, SegmentationScores]:
     stdout = Console()
     stdout.print(results_table(results))
     stdout.print(per_class_table(results))
-    stdout.print(f"results: {out}")
+    stdout.print(f"results: {escape(str(out))}", highlight=False)
     return results
+
+
+def open_eval_datasets(data: dict[str, Path], names: list[str],
+                       class_names: dict[str, list[str]]) -> dict[str, SceneDataset]:
+    """Every `--data` store opened and checked against the model before anything is written:
+    a dataset the model knows, a readable scene store, the classes it was trained with."""
+    datasets = {}
+    for name, path in data.items():
+        if name not in names:
+            raise InputError(f"the model was not trained on '{name}' (it knows "
+                             f"{', '.join(names)})", "--data")
+        scenes = SceneDataset(path, with_points=True)
+        if list(scenes.class_names) != list(class_names[name]):
+            raise InputError(f"class names differ from those the model was trained with for "
+                             f"'{name}' (store: {len(scenes.class_names)} classes, model: "
+                             f"{len(class_names[name])})", path)
+        if len(scenes) == 0:
+            raise InputError("holds no complete scene to evaluate", path)
+        datasets[name] = scenes
+    return datasets
+
+
+def _check_outputs(out: Path, export_ply: Path | None) -> None:
+    """InputError before any work when an output path cannot be written."""
+    if out.is_dir():
+        raise InputError("is a folder; --out names the results.json file to write", out)
+    check_output(out, overwrite=True)
+    if export_ply is not None:
+        if export_ply.exists() and not export_ply.is_dir():
+            raise InputError("is a file; --export-ply names a folder", export_ply)
+        check_output(export_ply, overwrite=True)

@@ -338,3 +338,19 @@ def test_bad_file_on_resume_keeps_finished_items(tmp_path):
     assert verbose_items(result.stderr) == ["Area_5/office_2", "Area_5/office_3"]
     assert_same(h5_contents(out), h5_contents(reference))
     assert not parts_folder(out).exists()
+
+
+def test_nothing_is_written_before_the_input_proves_good(tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "room.ply").write_text("ply\nformat ascii 1.0\nelement vertex 2\nproperty float x\n")
+    out = tmp_path / "new" / "sub" / "x.h5"
+    for raw, named in ((tmp_path / "missing", tmp_path / "missing"), (bad, bad / "room.ply")):
+        result = run_cli("preprocess", "--dataset", "ply", "--input", raw, "--output", out)
+        assert result.returncode == 2 and str(named) in result.stderr, result.stderr
+        assert not (tmp_path / "new").exists()
+    blocker = tmp_path / "file"
+    blocker.write_text("in the way")
+    result = run_cli("preprocess", "--dataset", "ply", "--input", bad, "--output",
+                     blocker / "x.h5")
+    assert result.returncode == 2 and f"{blocker}: is a file" in result.stderr, result.stderr
