@@ -30,7 +30,7 @@ class EvalOptions:
     checkpoint: Path  # a run folder (best.pt, else last.pt) or a .pt file
     data: list[str] = field(default_factory=list)  # NAME=PATH.h5
     out: Path | None = None  # results.json; default RUN_DIR/eval/results.json
-    tta: bool = False
+    tta: bool = False  # also on when the recipe's eval.tta is
     export_ply: Path | None = None
     device: str = "auto"
     seed: int = 0
@@ -71,7 +71,7 @@ def run_eval(opts: EvalOptions) -> dict[str, SegmentationScores]:
     out.parent.mkdir(parents=True, exist_ok=True)
     e = recipe.eval
     views = tta_views(tuple(360.0 * k / e.tta_rotations for k in range(e.tta_rotations)),
-                      e.tta_scales, e.tta_flip) if opts.tta else ()
+                      e.tta_scales, e.tta_flip) if opts.tta or e.tta else ()
     results: dict[str, SegmentationScores] = {}
     for name, scenes in datasets.items():
         export_dir = None

@@ -7,6 +7,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
+
+import pptkit.stages.evaluate as evaluate_module
 
 from pptkit.data.store import ObjectSample, StoreMeta, write_meta, write_object
 from pptkit.errors import InputError
@@ -79,3 +82,20 @@ def test_bad_output_paths_are_refused_before_the_work(trained, tmp_path):
             run_eval(EvalOptions(checkpoint=run, data=data, out=out, export_ply=ply,
                                  device="cpu"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_recipe_eval_tta_turns_voting_on(trained, tmp_path, monkeypatch):
+    run, files = trained
+    ckpt = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    ckpt["config"]["eval"].update(tta=True, tta_rotations=2, tta_scales=[1.0], tta_flip=False)
+    torch.save(ckpt, tmp_path / "tta.pt")
+    seen = []
+    evaluate = evaluate_module.evaluate_dataset
+    monkeypatch.setattr(evaluate_module, "evaluate_dataset",
+                        lambda *args, **kw: seen.append(len(args[7])) or evaluate(*args, **kw))
+    data = [f"scannet={files['scannet']}"]
+    run_eval(EvalOptions(checkpoint=tmp_path / "tta.pt", data=data, out=tmp_path / "a.json",
+                         device="cpu"))
+    run_eval(EvalOptions(checkpoint=run / "last.pt", data=data, out=tmp_path / "b.json",
+                         device="cpu"))
+    assert seen == [2, 0]  # two rotations x one scale, no flip; then the recipe's default
