@@ -30,6 +30,10 @@ backward needed; it includes allocator slack and is the same measure for both ba
 Run: python benchmarks/bench_sparse.py [--sizes 50000 200000] [--threads 1 2] [--rounds 3] [--workers 2]
 Writes benchmarks/results/sparse.md and sparse.json (atomically). Without MinkowskiEngine only
 the torch backend is timed.
+
+`--device cuda` times both backends on the GPU (MinkowskiEngine only if its build has CUDA),
+synchronising around every timed pass; memory is then the peak of torch's CUDA allocator above
+what was allocated before the warm-up. Writes sparse_cuda.md / sparse_cuda.json.
 """
 
 from __future__ import annotations
@@ -87,9 +91,10 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def run_case(case: str, num_voxels: int, backend: str, threads: int, workers: int, repeats: int) -> dict:
+def run_case(case: str, num_voxels: int, backend: str, threads: int, workers: int, repeats: int,
+             device: str = "cpu") -> dict:
     """Time one case in this process: a warm-up pass, then `repeats` timed passes.
-    Returns times (s), peak RSS delta (MB) and the voxel count."""
+    Returns times (s), peak memory delta (MB: RSS on CPU, CUDA allocator on a GPU) and the voxel count."""
     import torch
 
     from pptkit.sparse import Conv3d, ConvTranspose3d, SubMConv3d, sparse_collate
@@ -113,42 +118,54 @@ def run_case(case: str, num_voxels: int, backend: str, threads: int, workers: in
     else:
         model = torch.nn.Sequential(Conv3d(64, 64, 2, 2, backend=backend), ConvTranspose3d(64, 64, 2, 2, backend=backend))
         channels = 64
+    model = model.to(device)
     feats = torch.randn(len(grid), channels, generator=torch.Generator().manual_seed(1))
+    cuda = device.startswith("cuda")
 
     def forward_backward() -> None:
         model.zero_grad(set_to_none=True)
-        x, _ = sparse_collate([grid], [feats])
+        x, _ = sparse_collate([grid], [feats], device=torch.device(device))
         x = x.replace(x.feats.requires_grad_())
         out = model(x)
         out = out.logits if case == "unet" else out.feats
         out.square().mean().backward()
+        if cuda:
+            torch.cuda.synchronize()
 
-    base_rss = _rss_mb()
+    base_rss = torch.cuda.memory_allocated() / 2**20 if cuda else _rss_mb()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     forward_backward()  # warm-up: first-call set-up (thread pools, BLAS buffers) is not timed
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         forward_backward()
         times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"times": times, "peak_rss_delta_mb": peak - base_rss, "voxels": int(len(grid))}
 
 
-def _subprocess(case: str, size: int, backend: str, threads: int, workers: int, repeats: int) -> dict:
-    cmd = [sys.executable, __file__, "--one", case, str(size), backend, str(threads), str(workers), str(repeats)]
+def _subprocess(case: str, size: int, backend: str, threads: int, workers: int, repeats: int,
+                device: str) -> dict:
+    cmd = [sys.executable, __file__, "--one", case, str(size), backend, str(threads), str(workers), str(repeats),
+           "--device", device]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{case} {size} {backend} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def measure(case: str, size: int, configs: list[tuple[str, int]], workers: int, rounds: int, repeats: int) -> dict:
+def measure(case: str, size: int, configs: list[tuple[str, int]], workers: int, rounds: int, repeats: int,
+            device: str) -> dict:
     """Interleaved rounds of every (backend, threads) config; per config the median time over all
     timed passes and the largest peak-RSS delta seen."""
     runs: dict[tuple[str, int], list[dict]] = {config: [] for config in configs}
     for _ in range(rounds):
         for backend, threads in configs:
-            runs[backend, threads].append(_subprocess(case, size, backend, threads, workers, repeats))
+            runs[backend, threads].append(_subprocess(case, size, backend, threads, workers, repeats, device))
     result = {"case": case, "target_voxels": size, "voxels": runs[configs[0]][0]["voxels"], "configs": []}
     for (backend, threads), found in runs.items():
         times = [t for r in found for t in r["times"]]
@@ -193,28 +210,34 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per op subprocess")
     parser.add_argument("--unet-repeats", type=int, default=1, help="timed passes per whole-UNet subprocess")
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--one", nargs=6, metavar=("CASE", "SIZE", "BACKEND", "THREADS", "WORKERS", "REPEATS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         case, size, backend, threads, workers, repeats = args.one
-        print(json.dumps(run_case(case, int(size), backend, int(threads), int(workers), int(repeats))))
+        print(json.dumps(run_case(case, int(size), backend, int(threads), int(workers), int(repeats), args.device)))
         return
 
     from pptkit.fileio import write_text_atomic
     from pptkit.sparse import available_backends
 
     backends = available_backends()
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        args.threads = args.threads[:1]  # torch threads only drive the CPU side; one setting suffices
+    if cuda and "minkowski" in backends and not _minkowski_has_cuda():
+        backends = [b for b in backends if b != "minkowski"]
     configs = [(backend, threads) for backend in backends for threads in args.threads]
     rows = []
     started = time.perf_counter()
     for case in args.cases:
         for size in args.sizes:
             repeats = args.unet_repeats if case == "unet" else args.repeats
-            rows.append(measure(case, size, configs, args.workers, args.rounds, repeats))
+            rows.append(measure(case, size, configs, args.workers, args.rounds, repeats, args.device))
     total = time.perf_counter() - started
 
     lines = [
-        "# Sparse convolution: pptkit torch backend vs MinkowskiEngine 0.5.4 (CPU)",
+        f"# Sparse convolution: pptkit torch backend vs MinkowskiEngine 0.5.4 ({args.device})",
         "",
         f"Forward + backward incl. kernel-map building. Each configuration (backend, torch threads `Nt`) "
         f"in fresh subprocesses: 1 warm-up pass + {args.repeats} (ops) / {args.unet_repeats} (UNet) timed passes, "
@@ -233,8 +256,19 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     meta = {"threads": args.threads, "workers": args.workers, "rounds": args.rounds, "repeats": args.repeats, "unet_repeats": args.unet_repeats,
             "cpus": os.cpu_count(), "load_end": os.getloadavg()[0], "total_s": total}
-    write_text_atomic(RESULTS / "sparse.md", text)
-    write_text_atomic(RESULTS / "sparse.json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    stem = "sparse_cuda" if cuda else "sparse"
+    if cuda:
+        import torch
+
+        meta["gpu"] = torch.cuda.get_device_name()
+    write_text_atomic(RESULTS / f"{stem}.md", text)
+    write_text_atomic(RESULTS / f"{stem}.json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+
+
+def _minkowski_has_cuda() -> bool:
+    from pptkit.sparse.minkowski_backend import require_minkowski
+
+    return bool(require_minkowski().is_cuda_available())
 
 
 if __name__ == "__main__":
