@@ -13,9 +13,11 @@ from pptkit.errors import InputError
 
 def check_output(path: str | Path, overwrite: bool) -> Path:
     """Check, before any work and without writing anything, that the file `path` may be
-    written: not an existing file unless `overwrite`, and no file in the way of its folder
-    (which is created by whoever first writes there, once the inputs proved good)."""
+    written: not a folder, not an existing file unless `overwrite`, and no file in the way of
+    its folder (which is created by whoever first writes there, once the inputs proved good)."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError("is a folder; give the path of the file to write", path)
     if path.exists() and not overwrite:
         raise InputError("output already exists (pass --overwrite to replace it)", path)
     ancestor = path.parent

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pptkit.data.tables import parse_table
 from pptkit.errors import InputError
 
 _TYPES = {
@@ -39,7 +40,8 @@ class _Element:
     list_prop: tuple[str, str, str] | None = None  # (name, count dtype, item dtype)
 
 
-def _parse_header(f, path: Path) -> tuple[str, list[_Element]]:
+def _parse_header(f, path: Path) -> tuple[str, list[_Element], int]:
+    """(format, elements, number of header lines)."""
     if f.readline().strip() != b"ply":
         raise InputError("not a PLY file (missing 'ply' magic)", path)
     fmt = None
@@ -48,12 +50,16 @@ def _parse_header(f, path: Path) -> tuple[str, list[_Element]]:
         raw = f.readline()
         if not raw:
             raise InputError("truncated PLY header (no 'end_header')", path)
-        words = raw.decode("ascii", errors="replace").split()
+        line = raw.decode("ascii", errors="replace").strip()
+        words = line.split()
         if not words or words[0] in ("comment", "obj_info"):
             continue
         if words[0] == "format":
-            fmt = words[1]
+            fmt = words[1] if len(words) > 1 else None
         elif words[0] == "element":
+            if len(words) != 3 or not words[2].isdigit():
+                raise InputError(f"bad element line '{line[:80]}' (expected 'element NAME "
+                                 "COUNT', COUNT a whole number)", path, f"line {lineno}")
             elements.append(_Element(words[1], int(words[2]), []))
         elif words[0] == "property":
             if not elements:
@@ -64,12 +70,15 @@ def _parse_header(f, path: Path) -> tuple[str, list[_Element]]:
                 else:
                     elements[-1].props.append((words[2], _TYPES[words[1]]))
             except (KeyError, IndexError):
-                raise InputError(f"bad property line '{raw.decode().strip()}'", path, f"line {lineno}")
+                raise InputError(f"bad property line '{line[:80]}'", path,
+                                 f"line {lineno}") from None
         elif words[0] == "end_header":
             break
+    else:
+        raise InputError("PLY header has no 'end_header' in its first 10,000 lines", path)
     if fmt not in ("ascii", "binary_little_endian", "binary_big_endian"):
         raise InputError(f"unsupported PLY format '{fmt}'", path)
-    return fmt, elements
+    return fmt, elements, lineno
 
 
 def read_ply(path: str | Path) -> PlyData:
@@ -78,10 +87,10 @@ def read_ply(path: str | Path) -> PlyData:
     if not path.is_file():
         raise InputError("file not found", path)
     with open(path, "rb") as f:
-        fmt, elements = _parse_header(f, path)
+        fmt, elements, header_lines = _parse_header(f, path)
         body = f.read()
     if fmt == "ascii":
-        return _read_ascii(body, elements, path)
+        return _read_ascii(body, elements, path, header_lines + 1)
     return _read_binary(body, elements, "<" if fmt == "binary_little_endian" else ">", path)
 
 
@@ -136,7 +145,7 @@ def _read_binary_lists(body: bytes, offset: int, el: _Element, order: str, path:
     return np.asarray(faces, dtype=np.int64).reshape(-1, 3), offset
 
 
-def _read_ascii(body: bytes, elements: list[_Element], path: Path) -> PlyData:
+def _read_ascii(body: bytes, elements: list[_Element], path: Path, first_line: int) -> PlyData:
     lines = body.decode("ascii", errors="replace").splitlines()
     data = PlyData(vertex={})
     pos = 0
@@ -145,25 +154,39 @@ def _read_ascii(body: bytes, elements: list[_Element], path: Path) -> PlyData:
         if len(rows) < el.count:
             raise InputError(
                 f"truncated PLY: element '{el.name}' has {len(rows)} of {el.count} rows", path)
+        start = first_line + pos
         if el.list_prop is None:
-            try:
-                table = np.loadtxt(rows, dtype=np.float64, ndmin=2) if rows else \
-                    np.zeros((0, len(el.props)))
-            except ValueError as exc:
-                raise InputError(f"bad number in element '{el.name}': {exc}", path)
+            table = parse_table(rows, path, first_line=start) if rows else \
+                np.zeros((0, len(el.props)))
+            if len(table) != el.count:
+                raise InputError(f"element '{el.name}' has blank lines among its {el.count} "
+                                 "rows", path)
             if table.shape[1] < len(el.props):
-                raise InputError(f"element '{el.name}' rows have too few values", path)
+                raise InputError(f"element '{el.name}' rows have {table.shape[1]} values, its "
+                                 f"{len(el.props)} properties need as many", path, f"line {start}")
             if el.name == "vertex":
                 data.vertex = {n: table[:, i].astype(t) for i, (n, t) in enumerate(el.props)}
         elif el.name == "face":
-            faces = []
-            for r in rows:
-                vals = [int(v) for v in r.split()[len(el.props):]]
-                k, idx = vals[0], vals[1:]
-                faces.extend((idx[0], idx[j], idx[j + 1]) for j in range(1, k - 1))
-            data.faces = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+            data.faces = _ascii_faces(rows, len(el.props), path, start)
         pos += el.count
     return data
+
+
+def _ascii_faces(rows: list[str], skip: int, path: Path, first_line: int) -> np.ndarray:
+    """Fan-triangulated (F, 3) faces from ascii rows ``[scalars] k i1 ... ik``."""
+    faces = []
+    for lineno, row in enumerate(rows, first_line):
+        try:
+            values = [int(v) for v in row.split()[skip:]]
+        except ValueError:
+            raise InputError(f"face row '{row.strip()[:80]}' holds a value that is not a whole "
+                             "number", path, f"line {lineno}") from None
+        if not values or values[0] < 0 or len(values) < values[0] + 1:
+            raise InputError(f"face row '{row.strip()[:80]}' does not hold a count and that "
+                             "many vertex indices", path, f"line {lineno}")
+        k, idx = values[0], values[1:]
+        faces.extend((idx[0], idx[j], idx[j + 1]) for j in range(1, k - 1))
+    return np.asarray(faces, dtype=np.int64).reshape(-1, 3)
 
 
 def write_ply(path: str | Path, vertex: dict[str, np.ndarray], faces: np.ndarray | None = None,

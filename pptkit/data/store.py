@@ -164,36 +164,79 @@ def write_meta(f, meta: StoreMeta) -> None:
 
 
 def read_meta(f, path: str | Path) -> StoreMeta:
-    """The root attributes of an open store file; InputError naming `path` when they are
-    missing or the file was written by a newer pptkit."""
+    """The root attributes of an open store file; InputError naming `path` and the attribute
+    when one is missing or malformed, or when the file was written by a newer pptkit."""
     attrs = f.attrs
     if "format_version" not in attrs:
         raise InputError("not a pptkit HDF5 file (no 'format_version' attribute)", path)
-    version = int(attrs["format_version"])
+    version = _attr(attrs, "format_version", _integer, path)
     if version > FORMAT_VERSION:
         raise InputError(f"written in store format {version}, newer than this pptkit reads "
                          f"({FORMAT_VERSION}); upgrade pptkit", path)
+    return StoreMeta(
+        dataset=_attr(attrs, "dataset", _text, path),
+        class_names=_attr(attrs, "class_names", _names, path),
+        grid_size=_attr(attrs, "grid_size", _real, path),
+        kind=_attr(attrs, "kind", _text, path),
+        split=_attr(attrs, "split", _text, path),
+        source=_attr(attrs, "source", _text, path),
+        seed=_attr(attrs, "seed", _integer, path),
+        num_points=_attr(attrs, "num_points", _integer, path) if "num_points" in attrs else 0,
+        ignore_index=_attr(attrs, "ignore_index", _integer, path),
+        format_version=version,
+        created=_attr(attrs, "created", _text, path),
+        pptkit_version=_attr(attrs, "pptkit_version", _text, path),
+    )
+
+
+def _attr(attrs, key: str, convert, path: str | Path):
+    """Root attribute `key` converted; InputError naming the key when missing or malformed."""
+    if key not in attrs:
+        raise InputError(f"missing root attribute '{key}'", path)
+    value = attrs[key]
     try:
-        return StoreMeta(
-            dataset=_text(attrs["dataset"]),
-            class_names=tuple(_text(c) for c in attrs["class_names"]),
-            grid_size=float(attrs["grid_size"]),
-            kind=_text(attrs["kind"]),
-            split=_text(attrs["split"]),
-            source=_text(attrs["source"]),
-            seed=int(attrs["seed"]),
-            num_points=int(attrs.get("num_points", 0)),
-            ignore_index=int(attrs["ignore_index"]),
-            format_version=version,
-            created=_text(attrs["created"]),
-            pptkit_version=_text(attrs["pptkit_version"]),
-        )
-    except KeyError as exc:
-        raise InputError(f"missing root attribute {exc}", path) from None
+        return convert(value)
+    except _BadValue as exc:
+        raise InputError(f"root attribute '{key}' is {_shown(value)}, not {exc}", path) from None
+
+
+class _BadValue(ValueError):
+    """An attribute of the wrong type; the message says what was expected."""
+
+
+def _shown(value) -> str:
+    text = repr(value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _integer(value) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise _BadValue("an integer")
+    return int(value)
+
+
+def _real(value) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+            value, (int, float, np.integer, np.floating)):
+        raise _BadValue("a number")
+    return float(value)
 
 
 def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            raise _BadValue("UTF-8 text") from None
+    if not isinstance(value, str):
+        raise _BadValue("a text")
+    return value
+
+
+def _names(value) -> tuple[str, ...]:
+    if isinstance(value, (str, bytes)) or np.ndim(value) != 1:
+        raise _BadValue("a list of class names")
+    return tuple(_text(name) for name in value)
 
 
 def _fresh_group(f, item: str):
@@ -242,6 +285,8 @@ def open_store(path: str | Path, mode: str = "r"):
     import h5py
 
     path = Path(path)
+    if path.is_dir():
+        raise InputError("is a folder; expected an .h5 file written by 'pptkit preprocess'", path)
     if not path.is_file():
         raise InputError("file not found", path)
     try:

@@ -24,6 +24,7 @@ class PointScene:
     segment: np.ndarray  # (N,) int16
     instance: np.ndarray  # (N,) int32
     normal: np.ndarray | None = None  # (N, 3) float32, unit length
+    source: str = ""  # the file or folder it was read from, for error messages
 
     def __len__(self) -> int:
         return int(self.coord.shape[0])
@@ -74,6 +75,7 @@ def validate_scene(scene: PointScene, num_classes: int, source: str) -> PointSce
         segment=segment.astype(np.int16),
         instance=np.asarray(scene.instance).astype(np.int32),
         normal=normal,
+        source=source,
     )
 
 

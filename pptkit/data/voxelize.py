@@ -22,6 +22,12 @@ import numpy as np
 # points, even at 4M, slower from about 5M (measured on this project's 2-core test machine).
 RADIX_DIGIT_BITS = 16
 RADIX_MAX_POINTS = 1 << 22
+# Grid coordinates are int32: a scene may span at most this many voxels along each axis.
+MAX_GRID_EXTENT = (1 << 31) - 1
+
+
+class CoordinateRangeError(ValueError):
+    """Coordinates that no int32 voxel grid of the given size can hold (or not finite)."""
 
 
 @dataclass(frozen=True)
@@ -60,8 +66,21 @@ def voxelize(coord: np.ndarray, grid_size: float) -> Voxelization:
     # number and floor() are monotone, so the grid's bounds come from the coordinates' bounds.
     scale = coord.dtype.type(grid_size) if coord.dtype.kind == "f" else np.float64(grid_size)
     columns = [coord[:, axis] for axis in range(3)]  # per-column reductions: (N, 3).min(0) is slow
-    lows = [np.floor(col.min() / scale) for col in columns]
-    dims = [int(np.floor(col.max() / scale) - low) + 1 for col, low in zip(columns, lows)]
+    with np.errstate(over="ignore", invalid="ignore"):  # checked just below
+        lows = [np.floor(col.min() / scale) for col in columns]
+        highs = [np.floor(col.max() / scale) for col in columns]
+    for axis, (low, high) in enumerate(zip(lows, highs)):
+        if not (np.isfinite(low) and np.isfinite(high)):
+            raise CoordinateRangeError(
+                f"coordinates along {'xyz'[axis]} reach {float(columns[axis].min()):.4g} .. "
+                f"{float(columns[axis].max()):.4g}: not finite, or too large for voxels of "
+                f"{grid_size:g}")
+        if high - low >= MAX_GRID_EXTENT:
+            raise CoordinateRangeError(
+                f"coordinates along {'xyz'[axis]} span {float(columns[axis].min()):.4g} .. "
+                f"{float(columns[axis].max()):.4g}: more than {MAX_GRID_EXTENT:,} voxels of "
+                f"{grid_size:g} (wrong units, or outlier points?)")
+    dims = [int(high - low) + 1 for low, high in zip(lows, highs)]
 
     index_bits = max(1, (n - 1).bit_length())
     key_bits = (dims[0] * dims[1] * dims[2] - 1).bit_length()

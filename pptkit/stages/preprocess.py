@@ -34,6 +34,7 @@ from pptkit.data.store import (
     voxelize_scene,
 )
 from pptkit.data.types import PointObject
+from pptkit.data.voxelize import CoordinateRangeError
 from pptkit.errors import InputError
 from pptkit.fileio import check_output
 from pptkit.progress import console, track
@@ -199,4 +200,7 @@ def _convert(job: _Job, item: str) -> tuple[str, VoxelScene | ObjectSample]:
     record = job.reader.read(job.root, item, strict=job.strict)
     if isinstance(record, PointObject):
         return item, sample_object(record, job.num_points, job.seed)
-    return item, voxelize_scene(record, job.grid_size)
+    try:
+        return item, voxelize_scene(record, job.grid_size)
+    except CoordinateRangeError as exc:
+        raise InputError(str(exc), record.source or job.root / item) from None

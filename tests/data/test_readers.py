@@ -447,7 +447,15 @@ def test_modelnet40_bad_files(tmp_path):
     with pytest.raises(InputError, match="chair_0001.txt: NaN"):
         reader.read(tmp_path, "chair_0001")
     path.write_text("\n".join(lines[:3] + ["0.1,0.2"] + lines[3:]))
-    with pytest.raises(InputError, match="chair_0001.txt: expected 'x,y,z,nx,ny,nz'"):
+    with pytest.raises(InputError, match="chair_0001.txt:line 4: 2 values where the lines "
+                                         "above have 6") as err:
+        reader.read(tmp_path, "chair_0001")
+    assert "usecols" not in str(err.value)
+    path.write_text("\n".join(["0.1,0.2,0.3,1,0"] * 3))
+    with pytest.raises(InputError, match="chair_0001.txt:line 1: expected 'x,y,z,nx,ny,nz'"):
+        reader.read(tmp_path, "chair_0001")
+    path.write_text("\n".join(lines[:3] + ["0.1,abc,0.3,0,0,1"] + lines[3:]))
+    with pytest.raises(InputError, match="chair_0001.txt:line 4: 'abc' is not a number"):
         reader.read(tmp_path, "chair_0001")
     _modelnet_shape(tmp_path, "unicorn_0001")
     with pytest.raises(InputError, match="'unicorn' is not a ModelNet40 class"):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pptkit.data import voxel_mean, voxel_mode, voxelize
+from pptkit.data.voxelize import CoordinateRangeError
 
 
 def reference(coord: np.ndarray, grid_size: float, labels: np.ndarray):
@@ -128,3 +129,17 @@ def test_rejects_bad_arguments():
         voxelize(np.zeros((4, 3), np.float32), 0.0)
     with pytest.raises(ValueError):
         voxelize(np.zeros((0, 3), np.float32), 0.1)
+
+
+@pytest.mark.parametrize("value, grid, message", [
+    (3e38, 0.02, "not finite, or too large"),  # coord / grid overflows float32
+    (np.nan, 0.02, "not finite"),
+    (1e9, 0.02, "more than 2,147,483,647 voxels"),  # beyond the int32 grid coordinates
+])
+def test_rejects_coordinates_no_int32_grid_holds(value, grid, message):
+    coord = np.zeros((6, 3), np.float32)
+    coord[3, 1] = value
+    with pytest.raises(CoordinateRangeError, match=f"along y .*{message}"):
+        voxelize(coord, grid)
+    coord[3, 1] = 4e7  # the widest extent that still fits at 2 cm
+    assert voxelize(coord, 0.02).grid_coord[:, 1].max() > 1_999_000_000

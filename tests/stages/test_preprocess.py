@@ -162,6 +162,37 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[list, Path]]:
     empty.mkdir()
     write_ply(empty / "void.ply", {k: np.zeros(0, np.float32) for k in "xyz"})
     cases["empty scene"] = (["preprocess", "--dataset", "ply", "--input", empty], empty / "void.ply")
+    header = "ply\nformat ascii 1.0\nelement vertex {}\nproperty float x\nproperty float y\n" \
+        "property float z\n"
+    count = tmp / "count"
+    count.mkdir()
+    (count / "a.ply").write_text(header.format("abc") + "end_header\n0 0 0\n")
+    cases["element count not a number"] = (["preprocess", "--dataset", "ply", "--input", count],
+                                           Path(f"{count / 'a.ply'}:line 3"))
+    face = tmp / "face"
+    face.mkdir()
+    (face / "a.ply").write_text(header.format(3) + "element face 2\nproperty list uchar int "
+                                "vertex_indices\nend_header\n0 0 0\n1 0 0\n0 1 0\n3 0 1 2\n"
+                                "3 0 x 2\n")
+    cases["face row with a non-number"] = (["preprocess", "--dataset", "ply", "--input", face],
+                                           Path(f"{face / 'a.ply'}:line 14"))
+    ragged = tmp / "ragged"
+    ragged.mkdir()
+    (ragged / "a.ply").write_text(header.format(3) + "end_header\n0 0 0\n1 0\n0 1 0\n")
+    cases["ragged ascii rows"] = (["preprocess", "--dataset", "ply", "--input", ragged],
+                                  Path(f"{ragged / 'a.ply'}:line 9"))
+    huge = tmp / "huge"
+    huge.mkdir()
+    coord = np.zeros((10, 3), np.float32)
+    coord[4, 2] = 3e38
+    np.save(huge / "scene.npy", coord)
+    cases["coordinate overflowing the grid"] = (
+        ["preprocess", "--dataset", "npy", "--input", huge, "--workers", "2"], huge / "scene.npy")
+    modelnet = tmp / "modelnet"
+    (modelnet / "chair").mkdir(parents=True)
+    (modelnet / "chair" / "chair_0001.txt").write_text("0,0,0,0,0,1\n1,0,0,0,0,1\n1,0,0,0\n")
+    cases["modelnet ragged rows"] = (["preprocess", "--dataset", "modelnet40", "--input", modelnet],
+                                     Path(f"{modelnet / 'chair' / 'chair_0001.txt'}:line 3"))
     grid = tmp / "grid"
     ply_fixture(grid, scenes=1)
     cases["bad grid size"] = (["preprocess", "--dataset", "ply", "--input", grid,
@@ -176,7 +207,44 @@ def test_bad_input_exit_2_one_line_no_output(tmp_path):
         assert result.returncode == 2, (name, result.stderr)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and str(named) in lines[0], (name, result.stderr)
+        assert "usecols" not in lines[0], name
         assert not out.exists() and not temporary_name(out).exists(), name
+        assert not parts_folder(out).exists(), name
+
+
+def test_output_that_is_a_folder_is_refused_before_the_work(tmp_path):
+    raw = tmp_path / "raw"
+    ply_fixture(raw, scenes=1)
+    folder = tmp_path / "taken.h5"
+    folder.mkdir()
+    result = run_cli("preprocess", "--dataset", "ply", "--input", raw, "--output", folder,
+                     "--overwrite")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{folder}: is a folder; give the path of the file" in lines[0]
+    assert sorted(tmp_path.iterdir()) == sorted([raw, folder])
+
+
+def test_info_on_bad_stores(tmp_path):
+    raw = tmp_path / "raw"
+    ply_fixture(raw, scenes=1)
+    good = tmp_path / "good.h5"
+    run_preprocess(PreprocessOptions(dataset="ply", input=raw, output=good, grid_size=GRID))
+    cases = {}
+    for name, change in (("version", lambda a: a.__setitem__("format_version", "abc")),
+                         ("classes", lambda a: a.__delitem__("class_names"))):
+        path = tmp_path / f"{name}.h5"
+        path.write_bytes(good.read_bytes())
+        with h5py.File(path, "a") as f:
+            change(f.attrs)
+        cases[path] = {"version": "root attribute 'format_version' is 'abc', not an integer",
+                       "classes": "missing root attribute 'class_names'"}[name]
+    cases[raw] = "is a folder; expected an .h5 file"
+    for path, message in cases.items():
+        result = run_cli("info", path)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"{path}: {message}" in lines[0], result.stderr
 
 
 def test_existing_output_truncated_store_and_foreign_file(tmp_path):

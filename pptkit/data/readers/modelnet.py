@@ -16,14 +16,12 @@ rather than silently assigning different classes to the same indices.
 from __future__ import annotations
 
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from pptkit.data.classes import MODELNET40
 from pptkit.data.readers.base import read_class_file, read_id_list, require_dir
+from pptkit.data.tables import parse_table
 from pptkit.data.types import PointObject, validate_object
 from pptkit.errors import InputError
 from pptkit.progress import console
@@ -103,13 +101,13 @@ class ModelNet40Reader:
         if not path.is_file():
             raise InputError("file not found", path)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # empty file: caught below
-                table = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
-        except ValueError as exc:
-            raise InputError(f"expected 'x,y,z,nx,ny,nz' lines: {exc}", path) from None
+            text = path.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read as text: {exc}", path) from None
+        table = parse_table(text, path, delimiter=",")  # an empty file is caught below
         if table.size and table.shape[1] not in (3, 6):
-            raise InputError(f"expected 3 or 6 values per line, got {table.shape[1]}", path)
+            raise InputError(f"expected 'x,y,z,nx,ny,nz' (or 'x,y,z') lines, got "
+                             f"{table.shape[1]} values", path, "line 1")
         shape = PointObject(name=item, coord=table[:, :3], label=self.class_names.index(cls),
                             normal=table[:, 3:6] if table.shape[1] == 6 else None)
         return validate_object(shape, len(self.class_names), str(path))
