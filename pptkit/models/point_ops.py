@@ -55,6 +55,8 @@ def farthest_point_sample(points: Tensor, k: int) -> Tensor:
     batch, num_points, _ = points.shape
     if not 1 <= k <= num_points:
         raise ValueError(f"k must lie in 1..{num_points} (the number of points), got {k}")
+    if not torch.isfinite(points).all():
+        raise ValueError("points hold NaN or infinite coordinates")
     device = points.device
     with torch.no_grad():
         work = _search_dtype(points)

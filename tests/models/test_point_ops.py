@@ -78,6 +78,8 @@ def test_fps_rejects_bad_input():
         farthest_point_sample(torch.rand(1, 10, 3), 11)
     with pytest.raises(ValueError, match=r"\(B, N, 3\)"):
         farthest_point_sample(torch.rand(10, 3), 2)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        farthest_point_sample(torch.tensor([[[0.0, 0, 0], [float("nan"), 0, 0]]]), 2)
 
 
 def test_blocked_argmax_equals_direct_argmax_with_ties():
