@@ -13,6 +13,7 @@ import numpy as np
 
 from pptkit.data.tables import parse_table
 from pptkit.errors import InputError
+from pptkit.progress import console
 
 _TYPES = {
     "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1",
@@ -113,7 +114,16 @@ def _read_binary(body: bytes, elements: list[_Element], order: str, path: Path) 
             faces, offset = _read_binary_lists(body, offset, el, order, path)
             if el.name == "face":
                 data.faces = faces
+    if offset < len(body):
+        _warn_extra(path, elements, f"{len(body) - offset:,} bytes")
     return data
+
+
+def _warn_extra(path: Path, elements: list[_Element], extra: str) -> None:
+    """Data past the elements the header announces is most likely a wrong count: say so."""
+    counts = ", ".join(f"{el.count:,} {el.name}" for el in elements) or "no elements"
+    console.print(f"warning: {path}: the header announces {counts}, but {extra} follow them; "
+                  "that data is ignored", markup=False, highlight=False, soft_wrap=True)
 
 
 def _read_binary_lists(body: bytes, offset: int, el: _Element, order: str, path: Path):
@@ -169,6 +179,9 @@ def _read_ascii(body: bytes, elements: list[_Element], path: Path, first_line: i
         elif el.name == "face":
             data.faces = _ascii_faces(rows, len(el.props), path, start)
         pos += el.count
+    extra = sum(1 for line in lines[pos:] if line.strip())
+    if extra:
+        _warn_extra(path, elements, f"{extra:,} more line(s)")
     return data
 
 

@@ -422,3 +422,61 @@ def test_nothing_is_written_before_the_input_proves_good(tmp_path):
     result = run_cli("preprocess", "--dataset", "ply", "--input", bad, "--output",
                      blocker / "x.h5")
     assert result.returncode == 2 and f"{blocker}: is a file" in result.stderr, result.stderr
+
+
+def warning_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("warning:")]
+
+
+def test_warns_about_data_past_the_announced_vertices(tmp_path):
+    raw = tmp_path / "[red]ply"  # user text prints literally, not as rich markup
+    ply_fixture(raw, scenes=1, n=100)
+    path = raw / "room0.ply"
+    path.write_bytes(path.read_bytes().replace(b"element vertex 100", b"element vertex 90"))
+    out = tmp_path / "ply.h5"
+    result = run_cli("preprocess", "--dataset", "ply", "--input", raw, "--output", out)
+    assert result.returncode == 0, result.stderr
+    bytes_per_vertex = 3 * 4 + 3 + 4
+    assert warning_lines(result.stderr) == [
+        f"warning: {path}: the header announces 90 vertex, but {10 * bytes_per_vertex} bytes "
+        "follow them; that data is ignored"], result.stderr
+    assert read_info(out)["points"] == 90
+
+
+@pytest.mark.slow
+def test_s3dis_unknown_class_warns_and_is_an_error_under_strict(tmp_path):
+    raw = tmp_path / "[b]s3dis"
+    chairs = s3dis_fixture(raw, rooms=1)
+    stairs = chairs[0].with_name("stairs_1.txt")
+    stairs.write_text(chairs[0].read_text())
+    out = tmp_path / "s3dis.h5"
+    args = ["preprocess", "--dataset", "s3dis", "--input", raw, "--output", out]
+    result = run_cli(*args, "--strict")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{stairs}: 'stairs' is not one of the 13" in lines[0], lines
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert warning_lines(result.stderr) == [
+        f"warning: {stairs.parent}: 1 annotation file(s) of class stairs, none of the 13 S3DIS "
+        "classes, count as clutter"], result.stderr
+    assert read_info(out)["class_counts"]["clutter"] == 300
+
+
+def test_scannet_labelled_scene_without_labels_warns(tmp_path):
+    raw = tmp_path / "scannet"
+    for folder in ("scans", "scans_test"):
+        scene = raw / folder / ("scene0000_00" if folder == "scans" else "scene0707_00")
+        scene.mkdir(parents=True)
+        arrays = room(50, 0, 20)
+        write_ply(scene / f"{scene.name}_vh_clean_2.ply", {
+            "x": arrays["coord"][:, 0], "y": arrays["coord"][:, 1], "z": arrays["coord"][:, 2],
+            "red": arrays["color"][:, 0], "green": arrays["color"][:, 1],
+            "blue": arrays["color"][:, 2]})
+    result = run_cli("preprocess", "--dataset", "scannet", "--input", raw, "--output",
+                     tmp_path / "scannet.h5")
+    assert result.returncode == 0, result.stderr
+    assert warning_lines(result.stderr) == [
+        f"warning: {raw / 'scans' / 'scene0000_00'}: a scene of a labelled split (train/val) "
+        "without scene0000_00_vh_clean_2.0.010000.segs.json or scene0000_00.aggregation.json: "
+        "read as unlabelled"], result.stderr

@@ -90,7 +90,8 @@ class ModelNet40Reader:
             raise InputError(f"none of the {len(wanted)} shapes listed is in {root}", list_file)
         if len(present) < len(wanted):
             console.print(f"warning: {list_file}: {len(wanted) - len(present)} of {len(wanted)} "
-                          f"listed shapes are absent", markup=False, highlight=False)
+                          f"listed shapes are absent", markup=False, highlight=False,
+                          soft_wrap=True)
         return sorted(present)
 
     def read(self, root: Path, item: str, strict: bool = False) -> PointObject:

@@ -2,8 +2,9 @@
 
 Layout: ``root/Area_N/<room>/Annotations/<class>_<k>.txt``, one point per line ``x y z r g b``.
 The class is the file name's prefix; prefixes outside the 13 S3DIS classes (``stairs``)
-count as clutter, as in the benchmark. Each annotation file is one instance, numbered by its
-position in the room's sorted file list.
+count as clutter, as in the benchmark, with a warning naming them (an error with
+``strict=True``). Each annotation file is one instance, numbered by its position in the
+room's sorted file list.
 
 A few lines of the released files are corrupt (a stray ``\\x10`` byte inside a number, a
 line with 5 values). They are skipped with one warning per file naming its first bad line
@@ -81,14 +82,34 @@ def _parse_lines(data: bytes, path: Path, strict: bool) -> np.ndarray:
         bad.append(lineno)
     if bad:
         console.print(f"warning: {path}:{bad[0]}: skipped {len(bad)} malformed line(s)",
-                      markup=False, highlight=False)
+                      markup=False, highlight=False, soft_wrap=True)
     return np.asarray(rows, dtype=np.float64).reshape(-1, 6)
+
+
+def class_prefix(annotation: Path) -> str:
+    """The class part of an annotation file name ``<class>_<k>.txt``."""
+    return annotation.stem.rsplit("_", 1)[0]
 
 
 def class_of(annotation: Path) -> int:
     """Class index from an annotation file name ``<class>_<k>.txt``; unknown -> clutter."""
-    prefix = annotation.stem.rsplit("_", 1)[0]
+    prefix = class_prefix(annotation)
     return S3DIS13.index(prefix) if prefix in S3DIS13 else _CLUTTER
+
+
+def check_classes(files: list[Path], folder: Path, strict: bool) -> None:
+    """Warn about annotation files whose class is none of the 13 (they count as clutter);
+    with `strict` the first one is an InputError."""
+    unknown = [f for f in files if class_prefix(f) not in S3DIS13]
+    if not unknown:
+        return
+    if strict:
+        raise InputError(f"'{class_prefix(unknown[0])}' is not one of the 13 S3DIS classes "
+                         "(without --strict it counts as clutter)", unknown[0])
+    names = sorted({class_prefix(f) for f in unknown})
+    console.print(f"warning: {folder}: {len(unknown)} annotation file(s) of class "
+                  f"{', '.join(names)}, none of the 13 S3DIS classes, count as clutter",
+                  markup=False, highlight=False, soft_wrap=True)
 
 
 def estimate_normals(coord: np.ndarray, neighbours: int) -> np.ndarray:
@@ -161,6 +182,7 @@ class S3DISReader:
         files = sorted(folder.glob("*.txt"))
         if not files:
             raise InputError("no <class>_<k>.txt annotation files", folder)
+        check_classes(files, folder, strict)
         parts = [parse_points(f, strict) for f in files]
         table = np.concatenate(parts)
         counts = [len(p) for p in parts]

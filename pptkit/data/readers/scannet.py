@@ -8,7 +8,8 @@ directly in ``root``. Each scene folder holds
 - ``<scene>_vh_clean_2.0.010000.segs.json``: ``{"segIndices": [...]}``, one segment per vertex;
 - ``<scene>.aggregation.json``: ``{"segGroups": [{"objectId", "segments", "label"}, ...]}``.
 
-Test scenes come without the two json files and read as unlabelled. Raw categories map to
+Test scenes come without the two json files and read as unlabelled; a scene of a labelled
+split (in ``scans/`` or listed for train/val) without them reads so too, with a warning. Raw categories map to
 NYU40 ids through ``scannetv2-labels.combined.tsv`` (in root or its parent), then to the 20
 benchmark classes (SCANNET20_NYU40_IDS order); everything else is -1. Instance ids are the
 groups' ``objectId``.
@@ -76,6 +77,25 @@ def raw_category_to_class(table: Path) -> dict[str, int]:
     return mapping
 
 
+def expects_labels(root: Path, folder: Path, item: str) -> bool:
+    """Whether scene `item` (in `folder`) belongs to a labelled split: it lies in ``scans/``
+    (the release's train + val folder, as opposed to ``scans_test/``) or is listed in
+    ``scannetv2_train.txt`` or ``scannetv2_val.txt``."""
+    if folder.parent.name in ("scans", "scans_test"):
+        return folder.parent.name == "scans"
+    return item in _labelled_scenes(root)
+
+
+@lru_cache(maxsize=8)
+def _labelled_scenes(root: Path) -> frozenset[str]:
+    scenes: set[str] = set()
+    for split in ("train", "val"):
+        path = _beside(root, f"scannetv2_{split}.txt")
+        if path is not None:
+            scenes.update(read_id_list(path))
+    return frozenset(scenes)
+
+
 def vertex_normals(coord: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Unit vertex normals: the sum of adjacent face normals weighted by face area.
 
@@ -131,7 +151,8 @@ class ScanNetReader:
             raise InputError(f"none of the {len(wanted)} scenes listed is in {root}", list_file)
         if len(present) < len(wanted):
             console.print(f"warning: {list_file}: {len(wanted) - len(present)} of {len(wanted)} "
-                          f"listed scenes are absent from {root}", markup=False, highlight=False)
+                          f"listed scenes are absent from {root}", markup=False, highlight=False,
+                          soft_wrap=True)
         return present
 
     def read(self, root: Path, item: str, strict: bool = False) -> PointScene:
@@ -164,6 +185,10 @@ class ScanNetReader:
         segs_path = folder / f"{item}_vh_clean_2.0.010000.segs.json"
         agg_path = folder / f"{item}.aggregation.json"
         if not segs_path.is_file() and not agg_path.is_file():
+            if expects_labels(root, folder, item):
+                console.print(f"warning: {folder}: a scene of a labelled split (train/val) "
+                              f"without {segs_path.name} or {agg_path.name}: read as "
+                              "unlabelled", markup=False, highlight=False, soft_wrap=True)
             return segment, instance
         for path in (segs_path, agg_path):
             if not path.is_file():
