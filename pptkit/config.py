@@ -79,6 +79,8 @@ def _check_range(spec: dataclasses.Field, value: Any, source: str, key: str) -> 
         for i, v in enumerate(value):
             _check_range(spec, v, source, f"{key}[{i}]")
         return
+    if value is None or dataclasses.is_dataclass(value):
+        return
     ge, gt, le = (spec.metadata.get(k) for k in ("ge", "gt", "le"))
     if ge is not None and value < ge:
         raise InputError(f"'{key}' must be >= {ge}, got {value!r}", source)

@@ -26,7 +26,8 @@ def test_shipped_recipes_load(name):
 def test_paper_recipe_matches_the_method_defaults():
     recipe = load_recipe(RECIPES / "ppt-scannet-s3dis-s3d.toml", PPTRecipe)
     assert recipe.model.adapter == "pdnorm" and recipe.model.head == "language"
-    assert recipe.model.context_channels == 256 and recipe.model.temperature == 0.07
+    assert recipe.model.context_channels == 256 and recipe.model.logit_scale == 100.0
+    assert recipe.model.prompt_template == "{}" and not recipe.model.learnable_logit_scale
     assert recipe.data.ratios == {"structured3d": 4, "scannet": 2, "s3dis": 1}
     assert (recipe.optim.lr, recipe.optim.weight_decay, recipe.optim.nesterov) == (0.05, 1e-4, True)
     assert recipe.optim.prompt_lr_scale == 0.1

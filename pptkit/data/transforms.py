@@ -484,20 +484,27 @@ class GridSample:
 class SphereCrop:
     """Keep the `point_max` points nearest to a centre when there are more.
 
-    The centre is a random point (mode "random") or the bounding-box centre (mode "center").
+    With `sample_rate`, keep that fraction of the points instead (the reference crops
+    Structured3D scenes to 0.8 and S3DIS rooms to 0.6 of their points). The centre is a random
+    point (mode "random") or the bounding-box centre (mode "center").
     """
 
-    def __init__(self, point_max: int = 100_000, mode: Literal["random", "center"] = "random"):
+    def __init__(self, point_max: int = 100_000, mode: Literal["random", "center"] = "random",
+                 sample_rate: float | None = None):
         if point_max < 1:
             raise ValueError(f"point_max must be at least 1, got {point_max}")
         if mode not in ("random", "center"):
             raise ValueError(f"mode must be 'random' or 'center', got {mode!r}")
+        if sample_rate is not None and not 0 < sample_rate <= 1:
+            raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
         self.point_max = point_max
         self.mode = mode
+        self.sample_rate = sample_rate
 
     def __call__(self, data: SceneDict, rng: np.random.Generator) -> SceneDict:
         coord = data["coord"]
-        if len(coord) <= self.point_max:
+        keep = self.point_max if self.sample_rate is None else max(1, int(self.sample_rate * len(coord)))
+        if len(coord) <= keep:
             return data
         if self.mode == "random":
             center = coord[rng.integers(len(coord))]
@@ -506,7 +513,7 @@ class SphereCrop:
             center = (low + high) / 2
         offset = coord - center
         distance = np.einsum("ij,ij->i", offset, offset)
-        nearest = np.argpartition(distance, self.point_max - 1)[: self.point_max]
+        nearest = np.argpartition(distance, keep - 1)[:keep]
         return select_rows(data, sorted_subset(nearest, len(coord)))
 
 
@@ -520,8 +527,12 @@ class NormalizeColor:
         return {**data, "color": color}
 
 
-def train_transforms(grid_size: float = 0.02, point_max: int = 100_000) -> Compose:
-    """The ScanNet training chain of Pointcept/PPT (coordinates in metres, colours 0-255)."""
+def train_transforms(grid_size: float = 0.02, point_max: int = 100_000, crop_rate: float | None = None) -> Compose:
+    """The training chain of Pointcept/PPT (coordinates in metres, colours 0-255).
+
+    The datasets differ only in the crop: ScanNet keeps at most `point_max` points, Structured3D
+    and S3DIS a fraction `crop_rate` of their points (then at most `point_max`).
+    """
     return Compose([
         CenterShift(apply_z=True),
         RandomDropout(dropout_ratio=0.2, dropout_application_ratio=0.2),
@@ -536,10 +547,32 @@ def train_transforms(grid_size: float = 0.02, point_max: int = 100_000) -> Compo
         ChromaticTranslation(p=0.95, ratio=0.05),
         ChromaticJitter(p=0.95, std=0.05),
         GridSample(grid_size=grid_size),
+        *([SphereCrop(mode="random", sample_rate=crop_rate)] if crop_rate is not None else []),
         SphereCrop(point_max=point_max, mode="random"),
         CenterShift(apply_z=False),
         NormalizeColor(),
     ])
+
+
+def mix_scenes(scenes: Sequence[SceneDict]) -> SceneDict:
+    """Mix3D: overlay scenes (already centred by their chains) into one, keeping every row.
+
+    Per-row arrays are concatenated in order, so labels and instances travel with their points;
+    rows of different scenes falling into one voxel are merged later by the batch collation.
+    """
+    if not scenes:
+        raise ValueError("mix_scenes needs at least one scene")
+    num_rows = [len(s["coord"]) for s in scenes]
+    out: SceneDict = {"name": "+".join(str(s.get("name", "")) for s in scenes)}
+    for key, value in scenes[0].items():
+        if key == "name":
+            continue
+        values = [s[key] for s in scenes]
+        if key in PER_ORIGINAL_POINT_KEYS or not all(
+                isinstance(v, np.ndarray) and v.ndim >= 1 and len(v) == n for v, n in zip(values, num_rows)):
+            raise ValueError(f"cannot mix scenes with per-scene entry '{key}'")
+        out[key] = np.concatenate(values, axis=0)
+    return out
 
 
 def eval_transforms(grid_size: float = 0.02) -> Compose:
@@ -553,3 +586,31 @@ def eval_transforms(grid_size: float = 0.02) -> Compose:
         CenterShift(apply_z=False),
         NormalizeColor(),
     ])
+
+
+class NormalizeCoord:
+    """Centre coordinates on their mean and scale them into the unit sphere (the farthest point
+    at distance 1), as the ShapeNet / ModelNet loaders of Point-MAE and ACT normalise objects."""
+
+    def __call__(self, data: SceneDict, rng: np.random.Generator) -> SceneDict:
+        coord = data["coord"].astype(np.float32)
+        coord = coord - coord.mean(axis=0, dtype=np.float64).astype(np.float32)
+        radius = float(np.sqrt(np.einsum("ij,ij->i", coord, coord).max(initial=0.0)))
+        if radius > 0:
+            coord *= np.float32(1.0 / radius)
+        return {**data, "coord": coord}
+
+
+class RandomShift:
+    """Add one random offset to every coordinate, uniform per axis in `shift` (metres, or units of
+    the normalised object). With RandomScale(anisotropic=True) before it, this is Point-MAE /
+    ACT's PointcloudScaleAndTranslate (scale U(2/3, 3/2), shift U(-0.2, 0.2) per axis)."""
+
+    def __init__(self, shift: tuple[tuple[float, float], ...] = ((-0.2, 0.2), (-0.2, 0.2), (0.0, 0.0))):
+        if len(shift) != 3:
+            raise ValueError(f"shift needs one (low, high) range per axis, got {shift}")
+        self.shift = tuple((float(low), float(high)) for low, high in shift)
+
+    def __call__(self, data: SceneDict, rng: np.random.Generator) -> SceneDict:
+        offset = np.array([rng.uniform(low, high) for low, high in self.shift], dtype=np.float32)
+        return {**data, "coord": data["coord"] + offset}

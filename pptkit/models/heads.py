@@ -13,6 +13,7 @@ They differ in how classes shared between datasets are tied:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -70,29 +71,41 @@ class UnionizedHead(nn.Module):
 class LanguageGuidedHead(nn.Module):
     """Cosine similarity between projected point features and frozen class-name embeddings.
 
-    logits = <normalize(Linear(feats)), normalize(text[c])> / temperature for the current
-    dataset's classes c. The (U, D) text embeddings are a buffer: frozen, and saved in the
-    checkpoint so evaluation needs no text model.
+    logits = scale * <normalize(Linear(feats)), normalize(text[c])> for the current dataset's
+    classes c. The reference uses CLIP's logit scale, 100, frozen; `learnable_scale` trains it
+    (as log(scale), clamped at 100 like CLIP's). The (U, D) text embeddings are a buffer: frozen,
+    and saved in the checkpoint so evaluation needs no text model.
     """
+
+    MAX_SCALE = 100.0
 
     def __init__(
         self,
         in_channels: int,
         text_embeddings: torch.Tensor,
         dataset_to_union: Sequence[torch.Tensor],
-        temperature: float = 0.07,
+        logit_scale: float = 100.0,
+        learnable_scale: bool = False,
     ):
         super().__init__()
         if text_embeddings.ndim != 2:
             raise ValueError(f"text_embeddings must be (U, D), got {tuple(text_embeddings.shape)}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.temperature = temperature
+        if not 0 < logit_scale <= self.MAX_SCALE:
+            raise ValueError(f"logit_scale must be in (0, {self.MAX_SCALE:g}], got {logit_scale}")
+        log_scale = torch.tensor(float(logit_scale)).log()
+        if learnable_scale:
+            self.log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_scale", log_scale)
         self.proj = nn.Linear(in_channels, text_embeddings.shape[1])
         self.register_buffer("text_embeddings", F.normalize(text_embeddings.detach().float(), dim=1))
         self.dataset_to_union = _UnionMapping(text_embeddings.shape[0], dataset_to_union)
 
+    @property
+    def scale(self) -> torch.Tensor:
+        return self.log_scale.clamp(max=math.log(self.MAX_SCALE)).exp()
+
     def forward(self, feats: torch.Tensor, dataset_index: int) -> torch.Tensor:
         point = F.normalize(self.proj(feats), dim=1)
         text = self.text_embeddings[self.dataset_to_union[dataset_index]]
-        return point @ text.to(point.dtype).T / self.temperature
+        return self.scale.to(point.dtype) * (point @ text.to(point.dtype).T)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 from torch import nn
@@ -105,6 +105,9 @@ class SparseUNet(nn.Module):
     lets each stride-2 conv map to its stage's channels; False (MinkUNet) keeps the channels
     through the stride-2 conv and lets the stage's first BasicBlock change them.
     ``num_classes=0`` builds no head: the output then carries features only.
+    ``conv_init="trunc_normal"`` initialises every sparse conv weight and the head from a normal
+    of std 0.02 truncated at ±2 (absolute, as timm's default: in effect untruncated; biases 0),
+    as Pointcept's SpUNet; "uniform" keeps each layer's fan-in uniform default.
     """
 
     def __init__(
@@ -118,6 +121,7 @@ class SparseUNet(nn.Module):
         backend: str = "torch",
         stem_kernel: int = 5,
         down_changes_channels: bool = True,
+        conv_init: Literal["trunc_normal", "uniform"] = "trunc_normal",
     ) -> None:
         super().__init__()
         if len(channels) != 8 or len(layers) != 8:
@@ -154,6 +158,12 @@ class SparseUNet(nn.Module):
             self.dec.append(make_stage(out + skip, out, layers[4 + stage], norm_layer, backend))
             width = out
         self.head = nn.Linear(width, num_classes) if num_classes > 0 else None
+        if conv_init == "trunc_normal":  # convs and head only: norm layers keep their own init
+            convs = [m for m in self.modules() if isinstance(m, (SubMConv3d, Conv3d, ConvTranspose3d))]
+            for module in convs + ([self.head] if self.head is not None else []):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
 
     def forward(self, x: SparseTensor) -> UNetOutput:
         x = self.stem(x)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from pptkit.config import to_dict, to_toml
 from pptkit.data.classes import IGNORE_INDEX
 from pptkit.data.dataset import SceneDataset
-from pptkit.data.transforms import eval_transforms, train_transforms
+from pptkit.data.transforms import eval_transforms, mix_scenes, train_transforms
 from pptkit.engine.batch import Batch, collate
 from pptkit.engine.checkpoint import load_checkpoint, save_checkpoint
 from pptkit.engine.distributed import check_in_sync, cleanup
@@ -27,7 +28,7 @@ from pptkit.models.label_space import UnionLabelSpace
 from pptkit.models.pdnorm import split_prompt_parameters
 from pptkit.progress import console
 from pptkit.stages.ppt_model import build_model, text_embeddings
-from pptkit.stages.ppt_recipe import PPTRecipe
+from pptkit.stages.ppt_recipe import DatasetTransformConfig, PPTRecipe
 
 
 @dataclass
@@ -61,26 +62,50 @@ def parse_named_paths(items: list[str], option: str) -> dict[str, Path]:
 class EpochBatches(torch.utils.data.Dataset):
     """The epoch's scheduled batches as a map-style dataset, so DataLoader workers can build them.
 
-    Each sample's augmentation draws from its own generator seeded by (seed, epoch, dataset,
-    index): the data a step sees does not depend on worker count or on where a run resumed.
+    Each sample's augmentation draws from its own generator seeded by (seed, epoch, dataset key,
+    pass, index), and the Mix3D decision of a batch by its first sample: the data a step sees
+    depends neither on worker count nor on where a run resumed, and a dataset (keyed by its name)
+    sees the same augmentation whether it is trained alone or jointly.
     """
 
-    def __init__(self, datasets: list[SceneDataset], schedule: list[ScheduledBatch], transform, seed: int, epoch: int):
-        self.datasets, self.schedule, self.transform = datasets, schedule, transform
-        self.seed, self.epoch = seed, epoch
+    def __init__(self, datasets: list[SceneDataset], schedule: list[ScheduledBatch], transforms: list,
+                 keys: list[int], seed: int, epoch: int, mix_prob: float = 0.0):
+        self.datasets, self.schedule, self.transforms, self.keys = datasets, schedule, transforms, keys
+        self.seed, self.epoch, self.mix_prob = seed, epoch, mix_prob
 
     def __len__(self) -> int:
         return len(self.schedule)
 
     def __getitem__(self, step: int) -> tuple[int, list[dict]]:
         batch = self.schedule[step]
+        key = self.keys[batch.dataset]
         samples = []
         for i in batch.indices:
             sample = self.datasets[batch.dataset][i]
-            if self.transform is not None:
-                sample = self.transform(sample, np.random.default_rng([self.seed, self.epoch, batch.dataset, i]))
-            samples.append(sample)
+            rng = np.random.default_rng([self.seed, self.epoch, key, batch.pass_index, i])
+            samples.append(self.transforms[batch.dataset](sample, rng))
+        mix = np.random.default_rng([self.seed, self.epoch, key, batch.pass_index, batch.indices[0], 1 << 32])
+        if len(samples) > 1 and mix.random() < self.mix_prob:
+            samples = [mix_scenes(samples[k:k + 2]) for k in range(0, len(samples), 2)]
         return batch.dataset, samples
+
+
+def dataset_key(name: str) -> int:
+    """A dataset's shuffling and augmentation key: a checksum of its name, not its position."""
+    return zlib.crc32(name.encode())
+
+
+def dataset_transforms(recipe: PPTRecipe, names: list[str]) -> list:
+    """Each dataset's training chain (its own crop), or the evaluation chain without augmentation."""
+    d = recipe.data
+    if not d.augment:
+        return [eval_transforms(d.grid_size) for _ in names]
+    chains = []
+    for name in names:
+        own = d.transforms.get(name, DatasetTransformConfig())
+        chains.append(train_transforms(d.grid_size, point_max=min(own.point_max, d.point_max),
+                                       crop_rate=own.crop_rate))
+    return chains
 
 
 def run_joint_train(opts: JointTrainOptions) -> PPTRecipe:
@@ -110,6 +135,10 @@ def run_joint_train(opts: JointTrainOptions) -> PPTRecipe:
         if len(ds) < global_batch:
             raise InputError(f"dataset '{n}' has {len(ds)} scenes, fewer than one global batch "
                              f"({global_batch} = data.batch_size x {dist.world_size} processes)", train_paths[n])
+    epoch_by = recipe.data.epoch_by or next((n for n in recipe.data.ratios if n in names), names[0])
+    if epoch_by not in names:
+        raise InputError(f"data.epoch_by names '{epoch_by}', which is not a trained dataset {names}",
+                         opts.recipe or "--set", where="data.epoch_by")
     class_names = {n: list(ds.class_names) for n, ds in zip(names, train_sets)}
     if checkpoint is not None:
         _check_same_datasets(checkpoint, names, class_names, run.last)
@@ -119,20 +148,18 @@ def run_joint_train(opts: JointTrainOptions) -> PPTRecipe:
 
     run.start(to_toml(recipe), resume_step=None if checkpoint is None else checkpoint["step"])
     try:
-        return _train(opts, setup, train_sets, val_sets, names, class_names, labels)
+        return _train(opts, setup, train_sets, val_sets, names, epoch_by, class_names, labels)
     finally:
         run.close()
         cleanup()
 
 
 def _train(opts: JointTrainOptions, setup: RunSetup[PPTRecipe], train_sets: list[SceneDataset],
-           val_sets: dict[str, SceneDataset], names: list[str], class_names: dict[str, list[str]],
-           labels: UnionLabelSpace) -> PPTRecipe:
+           val_sets: dict[str, SceneDataset], names: list[str], epoch_by: str,
+           class_names: dict[str, list[str]], labels: UnionLabelSpace) -> PPTRecipe:
     device, dist, run, recipe, checkpoint = setup.device, setup.dist, setup.run, setup.recipe, setup.checkpoint
-    if recipe.data.augment:
-        transform = train_transforms(recipe.data.grid_size, point_max=recipe.data.point_max)
-    else:
-        transform = eval_transforms(recipe.data.grid_size)
+    transforms = dataset_transforms(recipe, names)
+    keys = [dataset_key(n) for n in names]
     text = _text_embeddings(recipe, labels, run) if recipe.model.head == "language" else None
 
     torch.manual_seed(opts.seed)
@@ -145,7 +172,7 @@ def _train(opts: JointTrainOptions, setup: RunSetup[PPTRecipe], train_sets: list
 
     def schedule_for(epoch: int) -> list[ScheduledBatch]:
         return epoch_schedule([len(d) for d in train_sets], ratios, recipe.data.batch_size, opts.seed,
-                              epoch, dist.rank, dist.world_size)
+                              epoch, dist.rank, dist.world_size, main=names.index(epoch_by), keys=keys)
 
     steps_per_epoch = len(schedule_for(0))  # the same every epoch: it depends on sizes only
     optimizer, scheduler = _optimizer(model, recipe, steps_per_epoch * recipe.train.epochs)
@@ -156,8 +183,9 @@ def _train(opts: JointTrainOptions, setup: RunSetup[PPTRecipe], train_sets: list
         console.print(f"resuming {run.last} at epoch {state.epoch}, step {state.step}")
 
     def batches_for_epoch(epoch: int):
-        loader = epoch_loader(EpochBatches(train_sets, schedule_for(epoch), transform, opts.seed, epoch),
-                              recipe.data.num_workers)
+        mix_prob = recipe.data.mix_prob if recipe.data.augment else 0.0
+        batches = EpochBatches(train_sets, schedule_for(epoch), transforms, keys, opts.seed, epoch, mix_prob)
+        loader = epoch_loader(batches, recipe.data.num_workers)
         for dataset, samples in loader:
             yield collate(samples, dataset, device)
 

@@ -43,12 +43,13 @@ def build_model(cfg: ModelConfig, labels: UnionLabelSpace, datasets: list[str],
     if cfg.backbone == "spunet":
         backbone = SparseUNet(FEATURE_CHANNELS, 0, base_channels=cfg.base_channels,
                               channels=cfg.channels, layers=cfg.layers, norm_layer=norm,
-                              backend=cfg.backend)
+                              backend=cfg.backend, conv_init=cfg.conv_init)
     else:
-        backbone = MINKUNETS[cfg.backbone](FEATURE_CHANNELS, 0, norm_layer=norm, backend=cfg.backend)
+        backbone = MINKUNETS[cfg.backbone](FEATURE_CHANNELS, 0, norm_layer=norm, backend=cfg.backend,
+                                           conv_init=cfg.conv_init)
     mappings = labels.mappings(datasets)
     if cfg.head == "language":
-        head = LanguageGuidedHead(backbone.out_channels, text, mappings, cfg.temperature)
+        head = LanguageGuidedHead(backbone.out_channels, text, mappings, cfg.logit_scale, cfg.learnable_logit_scale)
     elif cfg.head == "unionized":
         head = UnionizedHead(backbone.out_channels, len(labels), mappings)
     else:

@@ -19,16 +19,32 @@ class ModelConfig:
     channels: tuple[int, ...] = bounded((32, 64, 128, 256, 256, 128, 96, 96), ge=1)  # spunet only
     layers: tuple[int, ...] = bounded((2, 3, 4, 6, 2, 2, 2, 2), ge=1)  # spunet only
     backend: Literal["torch", "minkowski"] = "torch"
+    conv_init: Literal["trunc_normal", "uniform"] = "trunc_normal"  # the reference's: std 0.02
     norm_eps: float = bounded(1e-3, gt=0)
     norm_momentum: float = bounded(0.01, gt=0, le=1)  # running-statistics momentum; short CPU schedules need more (0.1)
     adapter: Literal["pdnorm", "direct", "none"] = "pdnorm"  # how the domain prompt enters
     head: Literal["language", "decoupled", "unionized"] = "language"
     context_channels: int = bounded(256, ge=1)  # domain prompt size
-    temperature: float = bounded(0.07, gt=0)  # language-guided head
+    logit_scale: float = bounded(100.0, gt=0, le=100)  # language-guided head: CLIP's scale, as the reference
+    learnable_logit_scale: bool = False  # the reference keeps it frozen
     text_encoder: Literal["minilm", "clip"] = "minilm"
     clip_weights: str = ""  # local open_clip weights file, for text_encoder = "clip"
     clip_model: str = "ViT-B-16"
-    prompt_template: str = "a point of {}"
+    prompt_template: str = "{}"  # the class name as it is, as the reference embeds it
+
+
+@dataclass
+class DatasetTransformConfig:
+    """Per-dataset training crop (`[data.transforms.<dataset>]`), as the reference's chains."""
+
+    crop_rate: float | None = bounded(None, gt=0, le=1)  # keep this fraction of the points (sphere crop)
+    point_max: int = bounded(100000, ge=1)  # then at most this many
+
+
+def _reference_transforms() -> dict[str, DatasetTransformConfig]:
+    return {"structured3d": DatasetTransformConfig(crop_rate=0.8, point_max=204800),
+            "scannet": DatasetTransformConfig(point_max=102400),
+            "s3dis": DatasetTransformConfig(crop_rate=0.6, point_max=204800)}
 
 
 @dataclass
@@ -39,7 +55,10 @@ class DataConfig:
     batch_size: int = bounded(2, ge=1)  # scenes per batch per process
     num_workers: int = bounded(2, ge=0)
     grid_size: float = bounded(0.02, gt=0)  # training voxel size (metres)
-    point_max: int = bounded(100000, ge=1)  # sphere crop at train time
+    point_max: int = bounded(204800, ge=1)  # sphere-crop cap for every dataset, on top of its own
+    transforms: dict[str, DatasetTransformConfig] = field(default_factory=_reference_transforms)
+    mix_prob: float = bounded(0.8, ge=0, le=1)  # Mix3D: chance that a batch's scenes are overlaid in pairs
+    epoch_by: str = ""  # the dataset whose one pass is an epoch; "" = the first of `ratios` trained
     augment: bool = True
 
 
@@ -47,7 +66,7 @@ class DataConfig:
 class TrainConfig:
     epochs: int = bounded(100, ge=1)
     eval_every: int = bounded(1, ge=1)  # epochs between validations (when --val is given)
-    clip_grad: float = bounded(10.0, ge=0)  # max gradient norm; 0 turns clipping off
+    clip_grad: float = bounded(0.0, ge=0)  # max gradient norm; 0 (the reference) turns clipping off
     amp: bool = True  # mixed precision, CUDA only
     log_every: int = bounded(10, ge=1)  # steps between metrics.jsonl lines
 
@@ -61,7 +80,7 @@ class OptimConfig:
     scheduler: Literal["onecycle", "cosine", "constant"] = "onecycle"
     pct_start: float = bounded(0.05, gt=0, le=1)
     div_factor: float = bounded(10.0, gt=0)
-    final_div_factor: float = bounded(1000.0, gt=0)
+    final_div_factor: float = bounded(10000.0, gt=0)  # the reference's OneCycle
     prompt_lr_scale: float = bounded(0.1, ge=0)  # learning-rate factor for prompts and PDNorm modulation
 
 

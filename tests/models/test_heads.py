@@ -49,27 +49,41 @@ def test_cross_entropy_on_restricted_logits_only_touches_that_datasets_classes()
 def test_language_guided_head_is_scaled_cosine_similarity_with_the_datasets_text():
     torch.manual_seed(0)
     text = torch.randn(len(SPACE), 12) * 3.0
-    head = LanguageGuidedHead(16, text, MAPS, temperature=0.07)
+    head = LanguageGuidedHead(16, text, MAPS)  # the reference's frozen CLIP scale, 100
     feats = torch.randn(9, 16)
     point = F.normalize(head.proj(feats), dim=1)
-    expected = point @ F.normalize(text, dim=1)[MAPS[1]].T / 0.07
+    expected = 100.0 * (point @ F.normalize(text, dim=1)[MAPS[1]].T)
     logits = head(feats, 1)
     assert logits.shape == (9, 13)
     torch.testing.assert_close(logits, expected)
-    assert logits.abs().max() <= 1 / 0.07 + 1e-4
+    assert logits.abs().max() <= 100.0 + 1e-3
     torch.testing.assert_close(head(feats, 0)[:, SCANNET_CHAIR], logits[:, S3DIS_CHAIR])
 
 
-def test_language_guided_temperature_scales_logits():
+def test_language_guided_scale_multiplies_logits_and_is_frozen_by_default():
     torch.manual_seed(0)
     text = torch.randn(len(SPACE), 12)
-    warm = LanguageGuidedHead(16, text, MAPS, temperature=1.0)
-    cold = LanguageGuidedHead(16, text, MAPS, temperature=0.05)
-    cold.load_state_dict(warm.state_dict())
+    warm = LanguageGuidedHead(16, text, MAPS, logit_scale=1.0)
+    cold = LanguageGuidedHead(16, text, MAPS, logit_scale=1 / 0.07)
+    cold.load_state_dict({**warm.state_dict(), "log_scale": cold.log_scale})
     feats = torch.randn(5, 16)
-    torch.testing.assert_close(cold(feats, 0), warm(feats, 0) / 0.05)
-    with pytest.raises(ValueError, match="temperature"):
-        LanguageGuidedHead(16, text, MAPS, temperature=0.0)
+    torch.testing.assert_close(cold(feats, 0), warm(feats, 0) / 0.07)
+    assert "log_scale" in cold.state_dict() and all(p is not cold.log_scale for p in cold.parameters())
+    with pytest.raises(ValueError, match="logit_scale"):
+        LanguageGuidedHead(16, text, MAPS, logit_scale=0.0)
+    with pytest.raises(ValueError, match="logit_scale"):
+        LanguageGuidedHead(16, text, MAPS, logit_scale=150.0)
+
+
+def test_a_learnable_scale_trains_and_stays_at_most_100():
+    torch.manual_seed(0)
+    head = LanguageGuidedHead(16, torch.randn(len(SPACE), 12), MAPS, logit_scale=10.0, learnable_scale=True)
+    assert any(p is head.log_scale for p in head.parameters())
+    F.cross_entropy(head(torch.randn(6, 16), 0), torch.tensor([0, 1, 2, 3, 4, 5])).backward()
+    assert head.log_scale.grad is not None and head.log_scale.grad != 0
+    with torch.no_grad():
+        head.log_scale.fill_(10.0)  # e^10 >> 100
+    assert head.scale.item() == pytest.approx(100.0)
 
 
 def test_language_guided_text_is_a_frozen_checkpointed_buffer():

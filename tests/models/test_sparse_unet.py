@@ -172,3 +172,20 @@ def test_small_unet_overfits_one_room() -> None:
     assert voxel_accuracy > 0.9
     # Points sharing a 10 cm voxel with another class cap point accuracy below 1 (0.95 here).
     assert point_accuracy > 0.85
+
+
+def test_convs_and_head_start_from_the_references_truncated_normal():
+    from pptkit.models.pdnorm import pdnorm_factory
+    from pptkit.sparse import Conv3d as SparseConv, SubMConv3d as Subm
+
+    torch.manual_seed(0)
+    model = SparseUNet(6, 13, norm_layer=pdnorm_factory(2, 16))
+    convs = [m for m in model.modules() if isinstance(m, (Subm, SparseConv))]
+    weights = torch.cat([m.weight.flatten() for m in convs] + [model.head.weight.flatten()])
+    # trunc_normal_(std=0.02) cuts at +-2 absolute, as in timm and the reference: in effect a plain normal
+    assert abs(weights.std().item() - 0.02) < 0.001 and abs(weights.mean().item()) < 0.001
+    assert torch.count_nonzero(model.head.bias) == 0
+    modulations = [p for name, p in model.named_parameters() if "modulation" in name or "adapt" in name]
+    assert modulations and all(torch.count_nonzero(p) == 0 for p in modulations if p.ndim == 2)
+    uniform = SparseUNet(6, 13, conv_init="uniform")
+    assert uniform.stem[0].weight.abs().max() <= 1 / 750 ** 0.5  # fan-in uniform: 5^3 x 6 inputs

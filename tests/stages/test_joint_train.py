@@ -277,7 +277,9 @@ def test_loader_workers_start_under_spawn(style_data, monkeypatch):
 
     datasets = [SceneDataset(style_data["scannet"]["train"])]
     schedule = epoch_schedule([len(datasets[0])], [1], 2, seed=0, epoch=0)
-    batches = joint_train_module.EpochBatches(datasets, schedule, train_transforms(0.1), seed=0, epoch=0)
+    batches = joint_train_module.EpochBatches(datasets, schedule, [train_transforms(0.1)],
+                                              [joint_train_module.dataset_key("scannet")], seed=0, epoch=0,
+                                              mix_prob=0.5)
     expected = [batches[i] for i in range(len(batches))]
     loader = joint_train_module.epoch_loader(batches, num_workers=2)
     loader.multiprocessing_context = multiprocessing.get_context("spawn")
