@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from pptkit.models.point_transformer import PointTransformerEncoder
 from pptkit.models.spectral_adapter import (
     PCSA,
     SpectralAdapters,
@@ -361,3 +362,26 @@ def test_spectral_adapters_bind_one_basis_for_every_block():
     for side, adapter in zip(sides, adapters):
         assert torch.equal(side(x), adapter(x, basis))
     assert sum(p.numel() for p in adapters.parameters()) == 3 * (16 * 4 + 4 + 2 * 2 * 4 + 4 * 4 + 4 + 4 * 16 + 16)
+
+
+@pytest.mark.parametrize("train_mode", [False, True])
+def test_untrained_adapters_leave_the_point_transformer_output_bit_identical(train_mode):
+    torch.manual_seed(6)
+    encoder = PointTransformerEncoder(
+        embed_dim=48, depth=3, num_heads=4, num_groups=20, group_size=8, drop_path_rate=0.1
+    ).double()
+    adapters = SpectralAdapters(depth=3, dim=48, rank=6).double()
+    encoder.train(train_mode)
+    adapters.train(train_mode)
+    points = torch.randn(3, 256, 3, dtype=torch.float64)
+    patches, centres = encoder.group(points)
+    tokens = encoder.embed(patches)
+    basis = SpectralBasis.from_centres(centres, local_size=8)  # 20 nodes: chunks of 8, 8, 4
+    torch.manual_seed(7)  # drop-path draws the same masks in both runs
+    backbone = encoder.forward_tokens(tokens, centres)
+    torch.manual_seed(7)
+    adapted = encoder.forward_tokens(tokens, centres, ffn_sides=adapters.bind(basis))
+    assert torch.equal(adapted, backbone)
+    randomise(adapters[1], seed=8)  # and a trained adapter does change it
+    torch.manual_seed(7)
+    assert not torch.allclose(encoder.forward_tokens(tokens, centres, ffn_sides=adapters.bind(basis)), backbone)
