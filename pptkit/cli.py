@@ -126,6 +126,33 @@ def joint_train(
     ))
 
 
+@app.command()
+def pretrain(
+    data: Annotated[list[Path], typer.Option("--data", help="Training store PATH.h5: objects, or scenes with --crop (repeatable).")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder (config, metrics, checkpoints).")],
+    stage: Annotated[str, typer.Option("--stage", help="autoencoder (ACT stage I) | distill (ACT stage II) | mae (Point-MAE).")],
+    recipe: Annotated[Optional[Path], typer.Option("--recipe", help="TOML recipe from recipes/ (act-*.toml).")] = None,
+    val: Annotated[Optional[list[Path]], typer.Option("--val", help="Held-out store PATH.h5: report its loss (repeatable).")] = None,
+    autoencoder: Annotated[Optional[Path], typer.Option("--autoencoder", help="distill: a finished --stage autoencoder run folder.")] = None,
+    teacher: Annotated[Optional[str], typer.Option("--teacher", help="Image teacher: dinov2-vits14 | PATH.safetensors | timm:NAME.")] = None,
+    crop: Annotated[Optional[int], typer.Option("--crop", help="Train on random N-point crops of scene stores.")] = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR/last.pt.")] = False,
+    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe field: key.path=value.")] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Self-supervised pretraining of the point-patch Transformer: ACT's two stages, or Point-MAE."""
+    global _verbose
+    _verbose = _verbose or verbose
+    from pptkit.stages.pretrain import PretrainOptions, run_pretrain
+
+    run_pretrain(PretrainOptions(
+        recipe=recipe, data=data, out=out, stage=stage, val=val or [], autoencoder=autoencoder, teacher=teacher,
+        crop=crop, seed=seed, device=device, resume=resume, overrides=overrides or [], verbose=_verbose,
+    ))
+
+
 @app.command("eval")
 def evaluate(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Run folder (best.pt, else last.pt) or a .pt file.")],

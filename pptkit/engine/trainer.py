@@ -85,8 +85,10 @@ def train(
     state: TrainState,
     device: torch.device,
     dist: DistInfo,
-    checkpoint_extra: dict[str, Any],
+    checkpoint_extra: dict[str, Any] | Callable[[], dict[str, Any]],
 ) -> TrainState:
+    """Train to `cfg.epochs`; `checkpoint_extra` (a dict, or a function called at every save for
+    values that change, such as a sub-module's current state dict) is merged into each checkpoint."""
     use_amp = cfg.amp and device.type == "cuda"
     scaler = grad_scaler(device, use_amp, state.scaler)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -163,7 +165,7 @@ def train(
 
 
 def _checkpoint(model, optimizer, scheduler, state: TrainState, device: torch.device,
-                extra: dict[str, Any]) -> dict[str, Any]:
+                extra: dict[str, Any] | Callable[[], dict[str, Any]]) -> dict[str, Any]:
     rng = {"torch_rng": torch.get_rng_state()}
     if device.type == "cuda":
         rng["cuda_rng"] = torch.cuda.get_rng_state(device)
@@ -177,7 +179,7 @@ def _checkpoint(model, optimizer, scheduler, state: TrainState, device: torch.de
         "best": state.best,
         "history": state.history,
         **rng,
-        **extra,
+        **(extra() if callable(extra) else extra),
     }
 
 
