@@ -249,7 +249,8 @@ class PCSA(nn.Module):
     back (Uf), as the released code does. `spectral` and `up` start at zero, so the output is
     exactly zero until training moves them; `down` starts Xavier-uniform.
 
-    Use it as a block's feed-forward side branch via `bind(basis)`.
+    `bind(basis)` makes it a block's feed-forward side branch; like the released code, the block
+    feeds it the residual stream after the attention branch (before the second LayerNorm).
     """
 
     def __init__(
