@@ -11,13 +11,15 @@ before the first item is finished.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
 import os
+import pickle
 import signal
 import threading
-from collections import deque
+import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
-from itertools import islice
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,7 +152,7 @@ def _deferred_interrupt() -> Iterator[Callable[[], None]]:
         interrupted.append(signum)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         console.print("interrupted: stopping after the current item (Ctrl-C again to stop now)",
-                      soft_wrap=True)
+                      highlight=False, soft_wrap=True)
 
     def check() -> None:
         if interrupted:
@@ -173,27 +175,145 @@ def _process(job: _Job, items: list[str], workers: int, check_interrupt: Callabl
         for item in items:
             yield _convert(job, item)
         return
-    workers = min(workers, len(items))
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_ignore_interrupts) as pool:
-        # A bounded window of submitted items: results of big scenes must not pile up in
-        # memory while the main process compresses and writes.
-        queue = iter(items)
-        pending = deque(pool.apply_async(_convert, (job, item))
-                        for item in islice(queue, 2 * workers))
-        while pending:
-            while not pending[0].ready():
-                pending[0].wait(0.2)
+    with _Workers(job, min(workers, len(items))) as pool:
+        yield from pool.convert(items, check_interrupt)
+
+
+class _Workers:
+    """Spawned processes that convert items, each fed through its own pair of pipes.
+
+    The pipes' other ends live only in this process, so a worker learns at once when the
+    parent is gone (end of file, broken pipe) and exits without a word, as it also does when
+    it sees its parent change; multiprocessing.Pool's workers instead print BrokenPipe
+    tracebacks after a `kill -9` of the parent. A worker that dies (out of memory, say)
+    stops the run with an error instead of leaving it waiting forever.
+    """
+
+    def __init__(self, job: _Job, count: int):
+        context = multiprocessing.get_context("spawn")
+        self.processes, self.tasks, self.results = [], [], []
+        # Spawned children inherit an ignored SIGINT: Ctrl-C in the terminal reaches the
+        # whole process group, and only this process decides what it means.
+        ignore = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if ignore else None
+        try:
+            for _ in range(count):
+                task_out, task_in = context.Pipe(duplex=False)
+                result_out, result_in = context.Pipe(duplex=False)
+                process = context.Process(target=_worker, args=(job, task_out, result_in,
+                                                                os.getpid()), daemon=True)
+                process.start()
+                task_out.close()
+                result_in.close()
+                self.processes.append(process)
+                self.tasks.append(task_in)
+                self.results.append(result_out)
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            if ignore:
+                signal.signal(signal.SIGINT, previous)
+
+    def __enter__(self) -> _Workers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop every worker (idle ones see their task pipe close; busy ones are ended)."""
+        for connection in self.tasks + self.results:
+            connection.close()
+        for process in self.processes:
+            process.join(timeout=0.2)
+            if process.is_alive():
+                process.terminate()
+                process.join()
+
+    def convert(self, items: list[str], check_interrupt: Callable[[], None]
+                ) -> Iterator[tuple[str, VoxelScene | ObjectSample]]:
+        """Results in item order. At most two tasks wait per worker, and at most two per
+        worker run ahead of the next item due: results of big scenes must not pile up in
+        memory while the main process compresses and writes."""
+        window = 2 * len(self.processes)
+        queued = [0] * len(self.processes)
+        ready: dict[int, object] = {}
+        submitted = done = 0
+        while done < len(items):
+            for w in range(len(self.processes)):
+                while queued[w] < 2 and submitted < len(items) and submitted - done < window:
+                    self.tasks[w].send((submitted, items[submitted]))
+                    queued[w] += 1
+                    submitted += 1
+            while done not in ready:
+                for connection in multiprocessing.connection.wait(self.results, timeout=0.2):
+                    w = self.results.index(connection)
+                    try:
+                        index, outcome = connection.recv()
+                    except EOFError:
+                        raise RuntimeError(f"preprocess worker {w + 1} died (exit code "
+                                           f"{self.processes[w].exitcode}; out of memory?)"
+                                           ) from None
+                    queued[w] -= 1
+                    ready[index] = outcome
                 check_interrupt()
-            result = pending.popleft().get()
-            for item in islice(queue, 1):
-                pending.append(pool.apply_async(_convert, (job, item)))
-            yield result
+            outcome = ready.pop(done)
+            done += 1
+            if isinstance(outcome, _Failure):
+                outcome.reraise()
+            yield outcome
 
 
-def _ignore_interrupts() -> None:
-    """Workers leave Ctrl-C to the main process, which stops the pool."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+@dataclass
+class _Failure:
+    """An exception raised in a worker, with its traceback as text (for -v)."""
+
+    error: BaseException
+    traceback: str
+
+    def reraise(self) -> None:
+        if isinstance(self.error, InputError):
+            raise self.error
+        raise self.error from _WorkerTraceback(self.traceback)
+
+
+class _WorkerTraceback(Exception):
+    """The traceback of an exception in a worker process, as the cause of its re-raise."""
+
+    def __str__(self) -> str:
+        return "\n" + self.args[0]
+
+
+def _worker(job: _Job, tasks, results, parent: int) -> None:
+    """Convert items received on `tasks`, send (index, record or _Failure) on `results`."""
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
+    try:
+        while True:
+            index, item = tasks.recv()
+            try:
+                outcome = _convert(job, item)
+            except Exception as exc:  # noqa: BLE001 - every failure goes back to the parent
+                outcome = _Failure(_picklable(exc), traceback.format_exc())
+            results.send((index, outcome))
+    except (EOFError, OSError):  # the parent closed the pipes or is gone: nobody to tell
+        pass
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    """End this worker quietly once its parent is gone, even in the middle of an item."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)
+
+
+def _picklable(exc: Exception) -> Exception:
+    """`exc` itself when it survives pickling, else a RuntimeError with its text."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001 - any pickling failure
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
 def _convert(job: _Job, item: str) -> tuple[str, VoxelScene | ObjectSample]:

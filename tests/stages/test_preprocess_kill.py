@@ -3,6 +3,8 @@ and ends with the file an uninterrupted run writes."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -99,3 +101,50 @@ def test_kill_at_many_instants_then_resume_matches_uninterrupted(tmp_path, monke
                 == [out.name], i  # no temporary or partial state left
         assert_same(h5_contents(out), expected)
     assert len(schedule) >= 20 and partial >= SCENES
+
+
+def _session_processes(session: int) -> list[int]:
+    """Live (not zombie) processes of a session."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_workers_exit_quietly_when_the_parent_is_killed(tmp_path):
+    raw = tmp_path / "raw"
+    pointcept_fixture(raw, scenes=8, n=150_000)  # items long enough to be busy at the kill
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from pptkit.cli import main; main()", "--quiet", "preprocess",
+         "--dataset", "structured3d", "--input", str(raw), "--split", "train", "--output",
+         str(tmp_path / "out.h5"), "--grid-size", "0.02", "--workers", "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        first = proc.stderr.readline()  # "preprocess structured3d: 1/8": the workers are busy
+        assert "1/8" in first, first
+        workers = [pid for pid in _session_processes(proc.pid) if pid != proc.pid]
+        assert len(workers) >= 2
+        proc.kill()
+        proc.wait()
+        rest: list[str] = []
+        reader = threading.Thread(target=lambda: rest.append(proc.stderr.read()), daemon=True)
+        reader.start()  # ends when every process holding the pipe (the workers) has exited
+        reader.join(timeout=20)
+        deadline = time.monotonic() + 10
+        while _session_processes(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)  # a worker that closed the pipe may still be exiting
+        left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in
+                _session_processes(proc.pid)}
+        assert not reader.is_alive() and not left, left
+        assert rest == [""] or "Traceback" not in rest[0] and "Error" not in rest[0], rest
+        assert rest == [""] or "warn" not in rest[0], rest
+    finally:
+        for pid in _session_processes(proc.pid):
+            os.kill(pid, signal.SIGKILL)
