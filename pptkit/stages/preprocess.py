@@ -231,6 +231,15 @@ class _Workers:
                 process.terminate()
                 process.join()
 
+    def _exit_status(self, w: int) -> str:
+        process = self.processes[w]
+        process.join(timeout=5)
+        if process.exitcode is None:
+            return "it closed its pipe"
+        if process.exitcode < 0:
+            return f"killed by signal {-process.exitcode}"
+        return f"exit code {process.exitcode}"
+
     def convert(self, items: list[str], check_interrupt: Callable[[], None]
                 ) -> Iterator[tuple[str, VoxelScene | ObjectSample]]:
         """Results in item order. At most two tasks wait per worker, and at most two per
@@ -252,9 +261,8 @@ class _Workers:
                     try:
                         index, outcome = connection.recv()
                     except EOFError:
-                        raise RuntimeError(f"preprocess worker {w + 1} died (exit code "
-                                           f"{self.processes[w].exitcode}; out of memory?)"
-                                           ) from None
+                        raise RuntimeError(f"preprocess worker {w + 1} died ("
+                                           f"{self._exit_status(w)}; out of memory?)") from None
                     queued[w] -= 1
                     ready[index] = outcome
                 check_interrupt()

@@ -16,6 +16,7 @@ import pytest
 
 import pptkit.stages.preprocess as preprocess_module
 from pptkit.stages.preprocess import PreprocessOptions, run_preprocess
+from tests.stages.failing_reader import FailingReader
 from tests.stages.test_preprocess import assert_same, h5_contents, pointcept_fixture
 
 SCENES = 8
@@ -148,3 +149,13 @@ def test_workers_exit_quietly_when_the_parent_is_killed(tmp_path):
     finally:
         for pid in _session_processes(proc.pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_worker_that_dies_or_raises_stops_the_run_with_a_reason():
+    job = preprocess_module._Job(reader=FailingReader(), root=Path("."), strict=False,
+                                 grid_size=0.1, num_points=0, seed=0)
+    with pytest.raises(RuntimeError, match=r"worker \d died \(exit code 3"):
+        list(preprocess_module._process(job, ["die", "die"], 2, lambda: None))
+    with pytest.raises(ZeroDivisionError, match="bug on a") as err:
+        list(preprocess_module._process(job, ["a", "b"], 2, lambda: None))
+    assert "in read" in str(err.value.__cause__)  # the worker's traceback, for -v
