@@ -1,14 +1,17 @@
 """`pptkit synth`: write synthetic rooms (or shapes) in a dataset's own raw format.
 
 Everything is written into a temporary folder next to `out`, which replaces `out` only
-when complete, so an interrupted run leaves no half-written dataset behind.
+when complete, so an interrupted run leaves no half-written dataset behind. Every output
+holds a MARKER file; `--overwrite` replaces only folders that have one (or empty ones).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
+from pptkit import __version__
 from pptkit.data.classes import MODELNET40
 from pptkit.data.synth.objects import SHAPES, make_object
 from pptkit.data.synth.scenes import make_scene, scene_rng
@@ -19,6 +22,8 @@ from pptkit.fileio import atomic_path, temporary_name
 from pptkit.progress import track
 
 OBJECT_POINTS = 2048
+# Written into every synth output: the only folders that `synth --overwrite` replaces.
+MARKER = ".pptkit-synth"
 S3DIS_TRAIN_AREAS = (1, 2, 3, 4, 6)
 VAL_AREA = 5
 
@@ -29,8 +34,26 @@ def is_val(index: int, count: int) -> bool:
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite and (out.is_file() or any(out.iterdir())):
-        raise InputError("output already exists and is not empty (pass --overwrite to replace it)", out)
+    """Refuse to write over anything but an empty folder or (with `overwrite`) a folder that
+    an earlier `synth` wrote: --overwrite must never delete a user's own files."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not overwrite:
+        raise InputError("output already exists and is not empty (pass --overwrite to replace "
+                         "it)", out)
+    if not out.is_dir():
+        raise InputError("is a file, not a folder written by 'pptkit synth'; --overwrite only "
+                         "replaces those", out)
+    if not (out / MARKER).is_file():
+        raise InputError(f"is not a folder written by 'pptkit synth' (it has no {MARKER} "
+                         "file), so --overwrite will not delete it; remove it yourself or "
+                         "choose another --out", out)
+
+
+def _write_marker(folder: Path, style: str, scenes: int, seed: int) -> None:
+    record = {"made_by": "pptkit synth", "style": style, "scenes": scenes, "seed": seed,
+              "pptkit_version": __version__}
+    (folder / MARKER).write_text(json.dumps(record) + "\n")
 
 
 def run_synth(style: str, out: Path, scenes: int, seed: int, overwrite: bool) -> Path:
@@ -48,6 +71,7 @@ def run_synth(style: str, out: Path, scenes: int, seed: int, overwrite: bool) ->
     with atomic_path(out) as tmp:
         tmp.mkdir()
         _WRITE[style](tmp, scenes, seed)
+        _write_marker(tmp, style, scenes, seed)
         if out.is_dir():
             shutil.rmtree(out)
         elif out.exists():

@@ -14,7 +14,7 @@ from pptkit.data.ply import read_ply
 from pptkit.data.readers import READERS
 from pptkit.data.synth.styles import S3DIS_CLASS, SCANNET_RAW, SCANNET_TSV_ROWS, STRUCTURED3D_CLASS
 from pptkit.errors import InputError
-from pptkit.stages.synth import run_synth
+from pptkit.stages.synth import MARKER, run_synth
 from tests.conftest import run_cli
 
 ROOMS = 3  # scenes per room style in the shared fixture
@@ -34,7 +34,9 @@ def made(tmp_path_factory) -> dict[str, Path]:
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """The dataset's files (the marker, which names the seed, left out)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != MARKER}
 
 
 @pytest.mark.parametrize("style", ["scannet", "s3dis", "structured3d", "objects"])
@@ -163,7 +165,10 @@ def test_bad_style_and_existing_output(tmp_path):
     (out / "keep.txt").write_text("mine")
     with pytest.raises(InputError, match="not empty"):
         run_synth("structured3d", out, 1, 0, False)
-    assert (out / "keep.txt").exists()
+    with pytest.raises(InputError, match="not a folder written by 'pptkit synth'"):
+        run_synth("structured3d", out, 1, 0, True)
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    (out / MARKER).write_text("{}")  # as if synth had written it
     run_synth("structured3d", out, 1, 0, True)
     assert not (out / "keep.txt").exists() and (out / "val").is_dir()
     empty = tmp_path / "empty"
