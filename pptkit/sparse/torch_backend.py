@@ -60,7 +60,8 @@ def set_cpu_workers(workers: int | None) -> None:
     """Worker threads for CPU sparse convolutions; None (default) follows torch.get_num_threads().
 
     Setting torch.set_num_threads(1) and set_cpu_workers(2) keeps every other op single-threaded
-    (no OpenMP barriers at all) while convolutions still use two cores.
+    (no OpenMP barriers at all) while convolutions still use two cores: the calling thread and
+    one pool thread.
     """
     global _CPU_WORKERS
     if workers is not None and workers < 1:
