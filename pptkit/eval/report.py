@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 from rich.table import Table
+from rich.text import Text  # names print literally: "[red]x" is a name, not markup
 
 from pptkit.eval.metrics import ClassificationScores, SegmentationScores
 from pptkit.fileio import atomic_path
@@ -31,7 +32,7 @@ def results_table(results: Mapping[str, Scores]) -> Table:
         table.add_column(column, justify="right")
     for dataset, scores in results.items():
         miou = scores.miou if isinstance(scores, SegmentationScores) else None
-        table.add_row(dataset, _percent(miou), _percent(scores.macc), _percent(scores.oa))
+        table.add_row(Text(dataset), _percent(miou), _percent(scores.macc), _percent(scores.oa))
     return table
 
 
@@ -44,7 +45,7 @@ def per_class_table(results: Mapping[str, Scores]) -> Table:
     table = Table(title="Per-class IoU (%; accuracy for classification)")
     table.add_column("class")
     for dataset in results:
-        table.add_column(dataset, justify="right")
+        table.add_column(Text(dataset), justify="right")
     names = list(dict.fromkeys(name for s in results.values() for name in s.per_class))
     for name in names:
         cells = []
@@ -52,7 +53,7 @@ def per_class_table(results: Mapping[str, Scores]) -> Table:
             key = "iou" if isinstance(scores, SegmentationScores) else "acc"
             cls = scores.per_class.get(name)
             cells.append(_percent(None if cls is None else cls[key]))
-        table.add_row(name, *cells)
+        table.add_row(Text(name), *cells)
     return table
 
 

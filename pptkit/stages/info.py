@@ -63,9 +63,10 @@ def print_info(info: dict, as_json: bool) -> None:
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text  # names print literally: "[red]x" is a name, not markup
 
     out = Console()
-    summary = Table(title=f"{info['dataset']}", show_header=False)
+    summary = Table(title=Text(info["dataset"]), show_header=False)
     summary.add_column("key", style="bold")
     summary.add_column("value", justify="right")
     summary.add_row("classes", str(len(info["class_names"])))
@@ -80,5 +81,5 @@ def print_info(info: dict, as_json: bool) -> None:
     classes.add_column("count", justify="right")
     classes.add_column("share", justify="right")
     for i, (name, count) in enumerate(info["class_counts"].items()):
-        classes.add_row(str(i), name, f"{count:,}", f"{100 * count / total:.1f}%" if total else "-")
+        classes.add_row(str(i), Text(name), f"{count:,}", f"{100 * count / total:.1f}%" if total else "-")
     out.print(classes)

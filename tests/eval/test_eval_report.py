@@ -79,3 +79,11 @@ def test_confusion_png_is_written_atomically(tmp_path):
     with pytest.raises(ValueError, match="class names"):
         plot_confusion(MATRIX, NAMES[:2], tmp_path / "bad.png", title="x")
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_tables_print_names_literally():
+    names = ("[red]chair", "[b]", "wall")
+    scores = {"[i]mine": segmentation_scores(np.eye(3, dtype=np.int64), names)}
+    text = _render(results_table(scores)) + _render(per_class_table(scores))
+    for name in (*names, "[i]mine"):
+        assert name in text

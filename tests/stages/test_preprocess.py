@@ -480,3 +480,13 @@ def test_scannet_labelled_scene_without_labels_warns(tmp_path):
         f"warning: {raw / 'scans' / 'scene0000_00'}: a scene of a labelled split (train/val) "
         "without scene0000_00_vh_clean_2.0.010000.segs.json or scene0000_00.aggregation.json: "
         "read as unlabelled"], result.stderr
+
+
+def test_info_prints_class_names_literally(tmp_path):
+    raw = tmp_path / "raw"
+    ply_fixture(raw, scenes=1)
+    (raw / "classes.txt").write_text("[red]floor\n[b]\nchair\n")
+    out = tmp_path / "ply.h5"
+    run_preprocess(PreprocessOptions(dataset="ply", input=raw, output=out, grid_size=GRID))
+    result = run_cli("info", out)
+    assert result.returncode == 0 and "[red]floor" in result.stdout and "[b]" in result.stdout
