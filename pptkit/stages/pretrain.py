@@ -106,9 +106,11 @@ def run_pretrain(opts: PretrainOptions) -> ACTRecipe:
         overrides.append(f"autoencoder.teacher={json.dumps(opts.teacher)}")
     setup = open_run(opts.out, opts.resume, opts.recipe, ACTRecipe, overrides, opts.device)
     inputs = _check_inputs(opts, setup)
+    torch.manual_seed(opts.seed)
+    model = _build_model(opts.stage, setup.recipe, inputs, opts.recipe or "--set")  # checks the settings too
     setup.run.start(to_toml(setup.recipe), resume_step=None if setup.checkpoint is None else setup.checkpoint["step"])
     try:
-        return _train(opts, setup, inputs)
+        return _train(opts, setup, inputs, model)
     finally:
         setup.run.close()
         cleanup()
@@ -199,8 +201,8 @@ def _load_teacher(spec: str, depth: int, where: str | Path) -> _Teacher:
 
 def _autoencoder_checkpoint(run_dir: Path) -> dict[str, Any]:
     """last.pt of a finished `--stage autoencoder` run, or an InputError saying what it is."""
-    if not run_dir.is_dir():
-        raise InputError("not a run folder (expected the --out of a finished --stage autoencoder run)", run_dir)
+    if not (run_dir / "last.pt").is_file():
+        raise InputError("has no last.pt; expected the --out folder of a finished --stage autoencoder run", run_dir)
     checkpoint = load_checkpoint(run_dir / "last.pt")
     stage = checkpoint.get("stage")
     if stage != "autoencoder":
@@ -310,13 +312,12 @@ def train_transform(recipe: ACTRecipe, stage: str) -> Compose | None:
 # --- training ----------------------------------------------------------------------------------
 
 
-def _train(opts: PretrainOptions, setup: RunSetup[ACTRecipe], inputs: _Inputs) -> ACTRecipe:
+def _train(opts: PretrainOptions, setup: RunSetup[ACTRecipe], inputs: _Inputs,
+           net: torch.nn.Module) -> ACTRecipe:
     device, dist, run, recipe, checkpoint = setup.device, setup.dist, setup.run, setup.recipe, setup.checkpoint
     stage, section = opts.stage, _stage_section(recipe, opts.stage)
 
-    torch.manual_seed(opts.seed)
-    model = _build_model(stage, recipe, inputs, opts.recipe or "--set").to(device)
-    net = model
+    model = net = net.to(device)
     if dist.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
