@@ -61,6 +61,13 @@ def _scene() -> tuple[list[np.ndarray], list[Tensor]]:
     return grids, [torch.randn(len(g), 4, generator=gen) for g in grids]
 
 
+def _build(case: str) -> torch.nn.Module:
+    """The module of `case`, its weights drawn on the CPU under a fixed seed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return CASES[case]()
+
+
 def _output(out) -> tuple[Tensor, Tensor | None]:
     """(features, coordinates) of an output: SparseTensor, UNetOutput (its logits) or pooled Tensor."""
     if isinstance(out, UNetOutput):
@@ -77,8 +84,7 @@ def device_results(case: str, device: str, dtype: torch.dtype = torch.float32) -
     every device gets the same numbers. Returns, on the CPU: output coordinates (if any), output,
     input gradient, every parameter's gradient and every buffer (BatchNorm running statistics).
     """
-    torch.manual_seed(0)
-    module = CASES[case]().to(device=device, dtype=dtype).train()
+    module = _build(case).to(device=device, dtype=dtype).train()
     grids, feats = _scene()
     x, _ = sparse_collate(grids, [f.to(dtype) for f in feats], device=device)
     x = x.replace(x.feats.clone().requires_grad_())
@@ -112,8 +118,7 @@ def assert_results_close(
 
 def device_inference(case: str, device: str) -> dict[str, Tensor]:
     """The output of `case` in eval mode under torch.inference_mode on `device`, on the CPU."""
-    torch.manual_seed(0)
-    module = CASES[case]().to(device).eval()
+    module = _build(case).to(device).eval()
     grids, feats = _scene()
     with torch.inference_mode():
         x, _ = sparse_collate(grids, feats, device=device)

@@ -19,8 +19,9 @@ from tests.sparse.test_ops import random_tensor
 
 def small_net() -> torch.nn.Sequential:
     """Every kind of convolution: submanifold, strided, transposed."""
-    torch.manual_seed(0)
-    return torch.nn.Sequential(SubMConv3d(3, 4), Conv3d(4, 4), SubMConv3d(4, 4), ConvTranspose3d(4, 2))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return torch.nn.Sequential(SubMConv3d(3, 4), Conv3d(4, 4), SubMConv3d(4, 4), ConvTranspose3d(4, 2))
 
 
 def scene():
@@ -31,6 +32,8 @@ def scene():
 @pytest.mark.parametrize("workers", [2, 3])
 @pytest.mark.parametrize("mode", [torch.inference_mode, torch.no_grad])
 def test_workers_run_in_the_callers_mode(monkeypatch, workers, mode):
+    """Pool threads write into the caller's inference tensors, and every worker count gives the
+    1-worker result bit for bit."""
     x, net = scene(), small_net()
     monkeypatch.setattr(torch_backend, "_CPU_WORKERS", 1)
     with mode():
@@ -73,7 +76,7 @@ sys.exit(process.exitcode)
 """
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+@pytest.mark.skipif(sys.platform != "linux", reason="fork is DataLoader's default start method only on Linux")
 def test_forked_child_runs_parallel_convolutions():
     """A DataLoader worker forked after the parent's pool started must not wait on its threads."""
     proc = subprocess.Popen(
