@@ -153,6 +153,30 @@ def pretrain(
     ))
 
 
+@app.command()
+def finetune(
+    data: Annotated[list[str], typer.Option("--data", help="Object store as train=PATH.h5 (required) or val=PATH.h5.")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder (config, metrics, checkpoints, task.safetensors).")],
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Pretrained backbone: a pretrain run folder or checkpoint (default on --resume: the run's).")] = None,
+    recipe: Annotated[Optional[Path], typer.Option("--recipe", help="TOML recipe from recipes/ (gst-*.toml).")] = None,
+    mode: Annotated[Optional[str], typer.Option("--mode", help="gst (spectral adapters + head) | full (everything) | linear (head only).")] = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR/last.pt.")] = False,
+    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe field: key.path=value.")] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Fine-tune a pretrained point Transformer for object classification: PointGST, full or linear."""
+    global _verbose
+    _verbose = _verbose or verbose
+    from pptkit.stages.finetune import FinetuneOptions, run_finetune
+
+    run_finetune(FinetuneOptions(
+        recipe=recipe, checkpoint=checkpoint, data=data, out=out, mode=mode, seed=seed, device=device,
+        resume=resume, overrides=overrides or [], verbose=_verbose,
+    ))
+
+
 @app.command("eval")
 def evaluate(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Run folder (best.pt, else last.pt) or a .pt file.")],
