@@ -113,7 +113,7 @@ def run_preprocess(opts: PreprocessOptions) -> Path:
                                   f"{len(record.coord):,} voxels", highlight=False,
                                   soft_wrap=True)
                 check_interrupt()
-        parts.merge(items, output, lambda todo: track(todo, f"merge {reader.name}"))
+        parts.merge(items, output, lambda names: track(names, f"merge {reader.name}"))
     except InputError as exc:
         if not parts.done:
             parts.remove()

@@ -200,6 +200,7 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[list, Path]]:
     return cases
 
 
+@pytest.mark.slow
 def test_bad_input_exit_2_one_line_no_output(tmp_path):
     for name, (args, named) in _bad_cases(tmp_path).items():
         out = tmp_path / f"{name.replace(' ', '_').replace(',', '')}.h5"
