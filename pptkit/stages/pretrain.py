@@ -41,7 +41,7 @@ from pptkit.engine.object_batches import (
     point_loader,
 )
 from pptkit.engine.setup import RunSetup, open_run
-from pptkit.engine.trainer import LoopConfig, StepResult, TrainState, restore, train, unwrap
+from pptkit.engine.trainer import LoopConfig, StepResult, TrainState, restore, train
 from pptkit.errors import InputError
 from pptkit.models.act import (
     ACTAutoencoder,
@@ -80,7 +80,9 @@ class PretrainOptions:
 
 
 @dataclass
-class _Teacher:
+class PreparedTeacher:
+    """An image teacher ready for stage I: its spec, the digest of the weights it uses, the model."""
+
     spec: str
     digest: str
     model: VisionTransformer
@@ -92,9 +94,9 @@ class _Inputs:
 
     train: PointSource
     val: PointSource | None
-    teacher: _Teacher | None = None  # autoencoder and distill
+    teacher: PreparedTeacher | None = None  # autoencoder and distill
     autoencoder_run: Path | None = None  # distill
-    autoencoder: dict[str, Any] | None = None  # distill: the stage-I checkpoint
+    autoencoder_state: dict[str, torch.Tensor] | None = None  # distill: the trained stage-I weights
     autoencoder_digest: str = ""
     autoencoder_recipe: ACTRecipe | None = None
 
@@ -155,13 +157,16 @@ def _check_inputs(opts: PretrainOptions, setup: RunSetup[ACTRecipe]) -> _Inputs:
     if len(train_source) < global_batch:
         raise InputError(f"{len(train_source)} training clouds are fewer than one global batch ({global_batch} = "
                          f"{opts.stage}.batch_size x {dist.world_size} processes)", "--data")
+    if checkpoint is not None and checkpoint.get("crop") != opts.crop:
+        started = f"--crop {checkpoint['crop']}" if checkpoint.get("crop") else "no --crop"
+        raise InputError(f"the run started with {started}; resume with the same", "--crop")
     if checkpoint is not None and checkpoint.get("num_items") != len(train_source):
         raise InputError(f"--data holds {len(train_source)} clouds, the run trained on {checkpoint.get('num_items')}; "
                          "resume with the same stores", "--data")
     inputs = _Inputs(train_source, val_source)
 
     if opts.stage == "autoencoder":
-        inputs.teacher = _load_teacher(recipe.autoencoder.teacher, recipe.autoencoder.teacher_depth, source)
+        inputs.teacher = prepare_teacher(recipe.autoencoder.teacher, recipe.autoencoder.teacher_depth, source)
         if checkpoint is not None and checkpoint["teacher_digest"] != inputs.teacher.digest:
             raise InputError("the teacher's weights differ from those this run started with", inputs.teacher.spec)
     elif opts.stage == "distill":
@@ -175,16 +180,16 @@ def _check_inputs(opts: PretrainOptions, setup: RunSetup[ACTRecipe]) -> _Inputs:
         if checkpoint is not None and checkpoint["autoencoder_digest"] != ae_digest:
             raise InputError("the autoencoder's weights differ from those this run started with", run_dir)
         spec = opts.teacher if opts.teacher is not None else ae["teacher"]
-        teacher = _load_teacher(spec, ae_recipe.autoencoder.teacher_depth, "--teacher")
+        teacher = prepare_teacher(spec, ae_recipe.autoencoder.teacher_depth, "--teacher")
         if teacher.digest != ae["teacher_digest"]:
             raise InputError("these teacher weights differ from those the autoencoder run was trained with",
                              teacher.spec)
         inputs.teacher, inputs.autoencoder_run = teacher, run_dir.resolve()
-        inputs.autoencoder, inputs.autoencoder_digest, inputs.autoencoder_recipe = ae, ae_digest, ae_recipe
+        inputs.autoencoder_state, inputs.autoencoder_digest, inputs.autoencoder_recipe = ae["model"], ae_digest, ae_recipe
     return inputs
 
 
-def _load_teacher(spec: str, depth: int, where: str | Path) -> _Teacher:
+def prepare_teacher(spec: str, depth: int, where: str | Path = "--teacher") -> PreparedTeacher:
     """The teacher `spec` (cut to its first `depth` blocks when depth > 0) and its digest."""
     state, config = load_teacher_weights(spec)
     if depth > config.depth:
@@ -196,7 +201,7 @@ def _load_teacher(spec: str, depth: int, where: str | Path) -> _Teacher:
         model.blocks = model.blocks[:depth]
     used = {**{f"blocks.{k}": v for k, v in model.blocks.state_dict().items()},
             **{f"norm.{k}": v for k, v in model.norm.state_dict().items()}}
-    return _Teacher(spec, state_digest(used), model.eval())
+    return PreparedTeacher(spec, state_digest(used), model.eval())
 
 
 def _autoencoder_checkpoint(run_dir: Path) -> dict[str, Any]:
@@ -253,22 +258,33 @@ def build_autoencoder(recipe: ACTRecipe, teacher: VisionTransformer) -> ACTAutoe
         embed_first_channels=a.embed_first_channels, embed_second_hidden=a.embed_second_hidden)
 
 
+def build_model(stage: str, recipe: ACTRecipe, teacher: VisionTransformer | None = None,
+                autoencoder: tuple[ACTRecipe, dict[str, torch.Tensor]] | None = None) -> torch.nn.Module:
+    """The model of `stage`: stage I around `teacher`; the distillation student with the frozen
+    stage-I model `autoencoder` = (its recipe, its trained state dict) around `teacher`; or
+    Point-MAE. Raises ValueError for impossible settings."""
+    if stage == "autoencoder":
+        return build_autoencoder(recipe, teacher)
+    encoder = PointTransformerEncoder(**encoder_config(recipe))
+    if stage == "mae":
+        m = recipe.mae
+        return PointMAE(encoder, m.mask_ratio, m.mask_type, m.decoder_depth, m.decoder_num_heads,
+                        m.decoder_drop_path)
+    target_recipe, target_state = autoencoder
+    target = build_autoencoder(target_recipe, teacher)
+    target.load_state_dict(target_state)
+    d = recipe.distill
+    return ACTDistillation(encoder, target, d.mask_ratio, d.mask_type, d.decoder_depth, d.decoder_num_heads,
+                           d.decoder_drop_path, d.target_codes)
+
+
 def _build_model(stage: str, recipe: ACTRecipe, inputs: _Inputs, where: str | Path) -> torch.nn.Module:
-    """The stage's model; impossible settings (e.g. a width not divisible by the heads) are an
-    InputError naming the recipe."""
+    """`build_model` for the checked inputs; impossible settings (e.g. a width not divisible by
+    the heads) are an InputError naming the recipe."""
+    teacher = inputs.teacher.model if inputs.teacher is not None else None
+    autoencoder = (inputs.autoencoder_recipe, inputs.autoencoder_state) if stage == "distill" else None
     try:
-        if stage == "autoencoder":
-            return build_autoencoder(recipe, inputs.teacher.model)
-        encoder = PointTransformerEncoder(**encoder_config(recipe))
-        if stage == "mae":
-            m = recipe.mae
-            return PointMAE(encoder, m.mask_ratio, m.mask_type, m.decoder_depth, m.decoder_num_heads,
-                            m.decoder_drop_path)
-        target = build_autoencoder(inputs.autoencoder_recipe, inputs.teacher.model)
-        target.load_state_dict(inputs.autoencoder["model"])
-        d = recipe.distill
-        return ACTDistillation(encoder, target, d.mask_ratio, d.mask_type, d.decoder_depth, d.decoder_num_heads,
-                               d.decoder_drop_path, d.target_codes)
+        return build_model(stage, recipe, teacher, autoencoder)
     except ValueError as error:
         raise InputError(f"impossible model settings: {error}", where) from None
 
@@ -343,7 +359,7 @@ def _train(opts: PretrainOptions, setup: RunSetup[ACTRecipe], inputs: _Inputs,
         for batch in loader:
             yield batch.to(device)
 
-    loss_fn = _loss_function(stage, recipe)
+    loss_fn = loss_function(stage, recipe)
     progress = {"step": state.step}  # optimiser steps taken, for the schedules during validation
 
     def tracked_loss(model: torch.nn.Module, batch: PointBatch, step: int) -> StepResult:
@@ -359,6 +375,8 @@ def _train(opts: PretrainOptions, setup: RunSetup[ACTRecipe], inputs: _Inputs,
     def checkpoint_extra() -> dict[str, Any]:
         extra: dict[str, Any] = {"config": to_dict(recipe), "stage": stage, "seed": opts.seed,
                                  "data": [str(p) for p in opts.data], "num_items": len(inputs.train)}
+        if opts.crop is not None:
+            extra["crop"] = opts.crop
         if inputs.teacher is not None:
             extra |= {"teacher": inputs.teacher.spec, "teacher_digest": inputs.teacher.digest}
         if stage == "distill":
@@ -384,7 +402,7 @@ def _train(opts: PretrainOptions, setup: RunSetup[ACTRecipe], inputs: _Inputs,
     return recipe
 
 
-def _loss_function(stage: str, recipe: ACTRecipe):
+def loss_function(stage: str, recipe: ACTRecipe):
     """loss_fn(model, batch, step) -> StepResult for the stage."""
     a = recipe.autoencoder
 

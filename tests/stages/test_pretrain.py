@@ -169,7 +169,10 @@ def test_scene_collections_pretrain_on_crops(files, tmp_path):
     run_pretrain(options(files, "mae", run, epochs=1, data=[files["scenes"]], crop=512,
                          extra=("mae.batch_size=1",)))
     saved = checkpoint(run / "last.pt")
-    assert saved["epoch"] == 1 and saved["num_items"] == 1
+    assert saved["epoch"] == 1 and saved["num_items"] == 1 and saved["crop"] == 512
+    with pytest.raises(InputError, match="the run started with --crop 512; resume with the same"):
+        run_pretrain(options(files, "mae", run, epochs=1, data=[files["scenes"]], crop=1024, resume=True,
+                             extra=("mae.batch_size=1",)))
 
 
 @pytest.fixture(scope="module")
