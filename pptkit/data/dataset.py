@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from torch.utils.data import Dataset
 
-from pptkit.data.store import StoreMeta, complete_groups, open_store
+from pptkit.data.store import POINT_KEYS, StoreMeta, complete_groups, open_store
 from pptkit.errors import InputError
 
 Sample = dict[str, Any]
@@ -69,14 +69,20 @@ class SceneDataset(_StoreDataset):
     """Scenes of a store: each item is a dict of voxel-level arrays (see pptkit.data.store).
 
     Keys: name, grid_coord, coord, color, normal, segment, instance; with `with_points` also
-    point_segment and inverse (for evaluating on the original points).
+    point_segment and inverse (for evaluating on the original points). With
+    `rows="points"` the items are the original points instead (coord, color, normal, segment,
+    instance per point, no grid_coord): training then voxelizes them itself (GridSample), so
+    a random point per voxel is a real augmentation. Format-1 stores hold no original points:
+    `has_points` is False and their items stay voxel rows.
     """
 
     kind = "scene"
 
-    def __init__(self, path: str | Path, with_points: bool = False):
+    def __init__(self, path: str | Path, with_points: bool = False, rows: Literal["voxels", "points"] = "voxels"):
         super().__init__(path)
         self.with_points = with_points
+        self.has_points = self.meta.format_version >= 2
+        self.rows = rows if self.has_points else "voxels"
 
     @property
     def grid_size(self) -> float:
@@ -86,6 +92,11 @@ class SceneDataset(_StoreDataset):
         group = self._group(index)
         try:
             sample: Sample = {"name": str(group.attrs["name"])}
+            if self.rows == "points":
+                for key in POINT_KEYS:
+                    sample[key] = group[f"points/{key}"][()]
+                sample["segment"] = group["points/segment"][()]
+                return sample
             for key in _SCENE_KEYS:
                 sample[key] = group[key][()]
             if self.with_points:

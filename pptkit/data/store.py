@@ -1,6 +1,6 @@
 """The preprocessed HDF5 store: one file per dataset split, one group per scene or object.
 
-Layout (format_version 1)::
+Layout (format_version 2)::
 
     /                      attrs: format_version, dataset, class_names, grid_size, ignore_index,
                                   kind ("scene" | "object"), split, source, seed, created,
@@ -14,13 +14,19 @@ Layout (format_version 1)::
               normal     float32 (M, 3) mean normal, re-normalised (zeros when none)
               segment    int16 (M,)     majority class (-1 = ignore)
               instance   int32 (M,)     majority instance (-1 = none)
-              points/segment int16 (N,) original per-point class, for evaluation
-              points/inverse int32 (N,) voxel of each original point
+              points/segment  int16 (N,)     original per-point class, for evaluation
+              points/inverse  int32 (N,)     voxel of each original point
+              points/coord    float32 (N, 3) original points (format 2), for training on points
+              points/color    uint8 (N, 3)
+              points/normal   float32 (N, 3) (zeros when none)
+              points/instance int32 (N,)
       object: label
               coord  float32 (P, 3)     P points resampled with the file's seed
               normal float32 (P, 3)     (zeros when none)
 
 Arrays are chunked and compressed (gzip level 1 with the shuffle filter; see COMPRESSION).
+Format 1 (pptkit 0.1) lacks the original points' coord/color/normal/instance; it is still read,
+and training from points then falls back to its voxels (`has_points` says which).
 """
 
 from __future__ import annotations
@@ -38,7 +44,8 @@ from pptkit.data.types import PointObject, PointScene
 from pptkit.data.voxelize import voxel_mean, voxel_mode, voxelize
 from pptkit.errors import InputError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+POINT_KEYS = ("coord", "color", "normal", "instance")  # under points/, from format 2 on
 # Measured on a 300k-point synthetic room (140k voxels), per scene: none 10.8 MB;
 # lzf 4.4 MB; lzf+shuffle 3.5 MB, write 120 ms; gzip-4+shuffle 2.84 MB, write 386 ms, read
 # 76 ms; gzip-1+shuffle 2.91 MB, write 223 ms, read 38 ms. gzip-1+shuffle keeps gzip-4's size
@@ -84,6 +91,10 @@ class VoxelScene:
     instance: np.ndarray  # (M,) int32
     point_segment: np.ndarray  # (N,) int16
     inverse: np.ndarray  # (N,) int32
+    point_coord: np.ndarray  # (N, 3) float32: the original points
+    point_color: np.ndarray  # (N, 3) uint8
+    point_normal: np.ndarray  # (N, 3) float32
+    point_instance: np.ndarray  # (N,) int32
 
 
 @dataclass
@@ -100,6 +111,8 @@ def voxelize_scene(scene: PointScene, grid_size: float) -> VoxelScene:
     """Average coordinates, colours and normals per voxel; take the majority labels."""
     vox = voxelize(scene.coord, grid_size)
     m = vox.num_voxels
+    point_normal = (np.zeros((len(scene.coord), 3), np.float32) if scene.normal is None
+                    else np.asarray(scene.normal, dtype=np.float32))
     normal = np.zeros((m, 3), np.float32)
     if scene.normal is not None:
         mean = voxel_mean(vox, scene.normal)
@@ -117,6 +130,10 @@ def voxelize_scene(scene: PointScene, grid_size: float) -> VoxelScene:
         instance=voxel_mode(vox, scene.instance).astype(np.int32),
         point_segment=np.asarray(scene.segment, dtype=np.int16),
         inverse=vox.inverse.astype(np.int32),
+        point_coord=np.asarray(scene.coord, dtype=np.float32),
+        point_color=np.asarray(scene.color, dtype=np.uint8),
+        point_normal=point_normal,
+        point_instance=np.asarray(scene.instance, dtype=np.int32),
     )
 
 
@@ -257,6 +274,8 @@ def write_scene(f, item: str, scene: VoxelScene) -> None:
     points = group.create_group("points")
     _dataset(points, "segment", scene.point_segment)
     _dataset(points, "inverse", scene.inverse)
+    for key in POINT_KEYS:
+        _dataset(points, key, getattr(scene, f"point_{key}"))
     group.attrs["num_points"] = len(scene.inverse)
     group.attrs["num_voxels"] = len(scene.coord)
     group.attrs["complete"] = True

@@ -125,7 +125,11 @@ def run_joint_train(opts: JointTrainOptions) -> PPTRecipe:
     for name in val_paths:
         if name not in train_paths:
             raise InputError(f"validation set '{name}' is not one of the trained datasets {names}", "--val")
-    train_sets = [SceneDataset(train_paths[n]) for n in names]
+    train_sets = [SceneDataset(train_paths[n], rows=recipe.data.train_on) for n in names]
+    for n, ds in zip(names, train_sets):
+        if recipe.data.train_on == "points" and not ds.has_points and dist.is_main:
+            console.print(f"warning: {train_paths[n]}: store format {ds.meta.format_version} holds no original "
+                          f"points; '{n}' trains on its voxels (preprocess it again for format 2)")
     val_sets = {n: SceneDataset(p, with_points=True) for n, p in val_paths.items()}
     for n, ds in val_sets.items():
         if tuple(ds.class_names) != tuple(train_sets[names.index(n)].class_names):

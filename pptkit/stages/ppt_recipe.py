@@ -58,6 +58,7 @@ class DataConfig:
     point_max: int = bounded(204800, ge=1)  # sphere-crop cap for every dataset, on top of its own
     transforms: dict[str, DatasetTransformConfig] = field(default_factory=_reference_transforms)
     mix_prob: float = bounded(0.8, ge=0, le=1)  # Mix3D: chance that a batch's scenes are overlaid in pairs
+    train_on: Literal["points", "voxels"] = "points"  # original points (re-voxelized per step) or the stored voxels
     epoch_by: str = ""  # the dataset whose one pass is an epoch; "" = the first of `ratios` trained
     augment: bool = True
 

@@ -172,3 +172,35 @@ def test_refuses_newer_truncated_and_foreign_files(tmp_path):
         open_store(foreign)
     with pytest.raises(InputError, match="not found"):
         open_store(tmp_path / "missing.h5")
+
+
+def test_format_2_keeps_the_original_points_and_serves_them_as_rows(tmp_path):
+    path = tmp_path / "toy.h5"
+    scenes = {"a": make_scene("a", 3000, 0), "b": make_scene("b", 800, 1, normals=False)}
+    write_scene_file(path, scenes)
+    points = SceneDataset(path, rows="points")
+    assert points.has_points and points.rows == "points"
+    for i, scene in enumerate(scenes.values()):
+        sample = points[i]
+        assert set(sample) == {"name", "coord", "color", "normal", "segment", "instance"}
+        assert np.array_equal(sample["coord"], scene.coord) and sample["coord"].dtype == np.float32
+        assert np.array_equal(sample["color"], scene.color) and sample["color"].dtype == np.uint8
+        assert np.array_equal(sample["segment"], scene.segment)
+        assert np.array_equal(sample["instance"], scene.instance)
+        expected_normal = np.zeros((len(scene.coord), 3), np.float32) if scene.normal is None else scene.normal
+        assert np.array_equal(sample["normal"], expected_normal)
+    voxels = SceneDataset(path)  # the default rows are still the voxels
+    assert len(voxels[0]["coord"]) < 3000 and "grid_coord" in voxels[0]
+
+
+def test_format_1_files_are_read_and_say_they_hold_no_points(tmp_path):
+    path = tmp_path / "old.h5"
+    write_scene_file(path, {"a": make_scene("a", 1000, 0)})
+    with h5py.File(path, "r+") as f:  # what pptkit 0.1 wrote: no original points beyond labels
+        f.attrs["format_version"] = 1
+        for key in ("coord", "color", "normal", "instance"):
+            del f["a/points"][key]
+    data = SceneDataset(path, with_points=True, rows="points")
+    assert not data.has_points and data.rows == "voxels"
+    sample = data[0]
+    assert "grid_coord" in sample and len(sample["inverse"]) == 1000

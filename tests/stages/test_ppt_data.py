@@ -73,3 +73,25 @@ def test_epoch_by_must_be_a_trained_dataset(style_data, tmp_path):
                      "--data", f"scannet={style_data['scannet']['train']}")
     assert result.returncode == 2 and "data.epoch_by names 'nope'" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_format_1_store_trains_on_its_voxels_and_says_so(style_data, tmp_path):
+    import shutil
+
+    import h5py
+
+    from tests.conftest import run_cli
+    from tests.stages.conftest import TINY
+
+    old = tmp_path / "scannet_v1.h5"
+    shutil.copy(style_data["scannet"]["train"], old)
+    with h5py.File(old, "r+") as f:
+        f.attrs["format_version"] = 1
+        for group in f.values():
+            for key in ("coord", "color", "normal", "instance"):
+                del group["points"][key]
+    result = run_cli("joint-train", "--out", tmp_path / "run", "--device", "cpu", "--data", f"scannet={old}",
+                     *[arg for item in TINY + ["train.epochs=1"] for arg in ("--set", item)])
+    assert result.returncode == 0, result.stderr
+    assert (f"warning: {old}: store format 1 holds no original points; 'scannet' trains on its voxels "
+            "(preprocess it again for format 2)") in result.stderr
