@@ -124,11 +124,12 @@ def _check_xyz(name: str, array: np.ndarray) -> np.ndarray:
 
 
 def tta_views(rotations: Sequence[float] = (0, 90, 180, 270),
-              scales: Sequence[float] = (0.9, 1.0, 1.1), flip: bool = True) -> list[TTAView]:
-    """All combinations of rotations (degrees about z), scales and (with `flip`) mirroring.
+              scales: Sequence[float] = (1.0, 0.95, 1.05), flip: bool = True) -> list[TTAView]:
+    """The reference's test-time views: every rotation (degrees about z) at every scale, plus
+    (with `flip`) one mirrored view at rotation 0 and scale 1.
 
-    The order is fixed (rotation, then scale, then unflipped before flipped), so the list is
-    the same on every call; the defaults give 4 x 3 x 2 = 24 views.
+    The order is fixed (scale, then rotation, then the flip), so the list is the same on every
+    call; the defaults give 4 x 3 + 1 = 13 views, as Pointcept's semantic-segmentation tester.
     """
-    flips = (False, True) if flip else (False,)
-    return [TTAView(float(r), float(s), f) for r, s, f in itertools.product(rotations, scales, flips)]
+    views = [TTAView(float(r), float(s), False) for s, r in itertools.product(scales, rotations)]
+    return views + ([TTAView(0.0, 1.0, True)] if flip else [])

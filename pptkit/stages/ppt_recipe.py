@@ -88,9 +88,9 @@ class OptimConfig:
 @dataclass
 class EvalConfig:
     tta: bool = False  # `pptkit eval` votes over the views below even without --tta
-    tta_scales: tuple[float, ...] = bounded((0.9, 1.0, 1.1), gt=0)
+    tta_scales: tuple[float, ...] = bounded((1.0, 0.95, 1.05), gt=0)  # the reference's views
     tta_rotations: int = bounded(4, ge=1)  # rotations about z (multiples of 360/n degrees)
-    tta_flip: bool = True
+    tta_flip: bool = True  # plus one mirrored view
 
 
 @dataclass

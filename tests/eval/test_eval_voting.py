@@ -59,12 +59,13 @@ def test_bad_indices_and_shapes_raise():
         acc.add(np.array([0, 1]), torch.zeros(3, 2))
 
 
-def test_default_views_are_24_distinct_and_deterministic():
+def test_default_views_are_the_references_13_distinct_and_deterministic():
     views = tta_views()
-    assert len(views) == 4 * 3 * 2
+    assert len(views) == 4 * 3 + 1  # 4 rotations at scales 1, 0.95, 1.05, and one flipped view
     assert len(set(views)) == len(views)
     assert views == tta_views()
-    assert [v.name for v in views[:2]] == ["rot0_scale0.9", "rot0_scale0.9_flip"]
+    assert [v.name for v in views[:2]] == ["rot0_scale1", "rot90_scale1"]
+    assert views[-1] == TTAView(0.0, 1.0, True)
     assert len(tta_views(rotations=(0,), scales=(1.0,), flip=False)) == 1
 
 
