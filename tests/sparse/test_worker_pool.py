@@ -48,17 +48,18 @@ def test_workers_run_in_the_callers_mode(monkeypatch, workers, mode):
 
 
 FORKED_CHILD_SCRIPT = """
-import multiprocessing, sys, torch
+import multiprocessing, sys, time, torch
 from pptkit.sparse import SubMConv3d, sparse_collate, torch_backend
 
 torch.set_num_threads(1)
 torch_backend.set_cpu_workers(2)
 gen = torch.Generator().manual_seed(0)
-grid = torch.unique(torch.randint(0, 7, (200, 3), generator=gen), dim=0)
+grid = torch.unique(torch.randint(0, 20, (3000, 3), generator=gen), dim=0)
 x, _ = sparse_collate([grid], [torch.randn(len(grid), 3, generator=gen)])
 conv = SubMConv3d(3, 4)
 with torch.no_grad():
-    expected = conv(x).feats  # starts the pool in the parent
+    for _ in range(3):  # the parent's pool, with all its threads started as after any training step
+        expected = conv(x).feats
 
 
 def child():
@@ -66,6 +67,7 @@ def child():
         sys.exit(0 if torch.equal(conv(x).feats, expected) else 3)
 
 
+time.sleep(0.5)  # the pool's threads go idle, as they are when a DataLoader forks its workers
 process = multiprocessing.get_context("fork").Process(target=child)
 process.start()
 process.join(20)
