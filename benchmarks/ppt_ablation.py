@@ -1,23 +1,27 @@
 """Point Prompt Training ablation on the three synthetic styles (the PPT paper's pilot study).
 
-Settings, each trained for every seed and scored on every style's validation split:
+Settings, each trained for every seed and scored on every style's validation rooms:
 
-- single-<style>: one style alone (adapter=none, head=decoupled: a plain one-dataset model);
-  the "single-style" row takes each style's score from the model trained on that style.
-- naive joint: all three styles, one shared BatchNorm backbone and one unionized head, no prompts.
-- PPT (language head): adapter=pdnorm, head=language.
+- single-<style>: one style alone (adapter=none, head=decoupled: a plain one-dataset model),
+  for as many epochs as the joint runs: it sees exactly the batches of its style that a joint
+  run sees (data-matched);
+- single-<style>-steps: the same, trained for as many optimiser steps as a joint run
+  (step-matched: three times the epochs);
+- naive joint: all three styles, one shared BatchNorm backbone and one unionized head, no prompts;
+- PPT (language head): adapter=pdnorm, head=language (logit scale 100, bare class names);
 - PPT (decoupled heads): adapter=pdnorm, head=decoupled.
 
-Fairness: every run uses the same recipe (recipes/ppt-tiny.toml + the overrides below) and the
-same number of epochs; the datasets interleave 1:1:1 and every style has the same number of
-training rooms, so one epoch holds the same batches of each style in every setting. A joint run
-thus takes three times the optimiser steps of a single run, and each style contributes exactly
-the same batches (same rooms, same count) as in its single-style run: what differs between the
-rows is only the model / the company of the other styles, never how much of a style was seen.
-No validation during training: each model is its last checkpoint (no selection on val).
+Fairness: every run uses recipes/ppt-tiny.toml plus the overrides below. The styles interleave
+1:1:1 and have the same number of training rooms, so a joint epoch holds one pass over every
+style. Batch order and augmentation are keyed by (seed, epoch, dataset name, pass, room), not
+by a dataset's position, so a single-style run and a joint run draw the very same batches of a
+style, with the same augmentation. Norm momentum 0.1 suits these short schedules (the paper's
+0.01 is for runs a hundred times longer), so the scores use the norms as trained: no post-hoc
+re-estimation. No validation during training: each model is its last checkpoint.
 
 Data: `pptkit synth` + `pptkit preprocess` once per style into --work (reused while the
-synthesis code and the data settings are unchanged).
+synthesis code and the data settings are unchanged). Validation rooms: the synthesis's own val
+split plus --extra-val rooms synthesized with another seed, merged into one file per style.
 
 Run: python benchmarks/ppt_ablation.py [--work benchmarks/.work] [--seeds 0 1 2] [--jobs 2] [--quick]
 Writes benchmarks/results/ppt_ablation.md and ppt_ablation.json (atomically).
@@ -47,7 +51,7 @@ STYLES = ("structured3d", "scannet", "s3dis")
 MODEL_OVERRIDES = [
     "model.base_channels=16", "model.channels=[16,32,48,64,48,32,32,32]",
     "model.layers=[1,1,1,1,1,1,1,1]", "model.context_channels=32",
-    "model.norm_momentum=0.01",
+    "model.norm_momentum=0.1",
     "data.batch_size=2", "data.num_workers=0", "data.point_max=40000", "data.augment=true",
     "data.ratios={structured3d=1,scannet=1,s3dis=1}",
     "train.eval_every=1000", "train.log_every=20", "train.amp=false",
@@ -57,26 +61,32 @@ MODEL_OVERRIDES = [
 
 @dataclass(frozen=True)
 class Setting:
-    """One row of the ablation: which styles are trained together and how the model shares."""
+    """One row of the ablation: which styles are trained together, how the model shares, and
+    how many epochs it trains relative to the joint runs."""
 
     key: str
     label: str
     styles: tuple[str, ...]
     adapter: str
     head: str
+    epoch_factor: int = 1
 
 
 SETTINGS: tuple[Setting, ...] = (
     *(Setting(f"single-{s}", f"single: {s}", (s,), "none", "decoupled") for s in STYLES),
+    *(Setting(f"single-{s}-steps", f"single: {s}, step-matched", (s,), "none", "decoupled", len(STYLES))
+      for s in STYLES),
     Setting("naive", "naive joint (shared BN + unionized head)", STYLES, "none", "unionized"),
     Setting("ppt-language", "PPT (PDNorm + language head)", STYLES, "pdnorm", "language"),
     Setting("ppt-decoupled", "PPT (PDNorm + decoupled heads)", STYLES, "pdnorm", "decoupled"),
 )
+JOINT = [s for s in SETTINGS if len(s.styles) > 1]
 
 
 @dataclass(frozen=True)
 class DataSpec:
     scenes: int  # rooms synthesized per style (every fifth is validation)
+    extra_val: int  # more validation rooms per style, synthesized with seed synth_seed + 1000
     grid_size: float
     synth_seed: int
 
@@ -90,16 +100,42 @@ def _synth_fingerprint() -> str:
 
 
 def _prepare_style(style: str, data: Path, spec: DataSpec) -> None:
-    """Synthesize one style's rooms and preprocess its train and val splits into `data`."""
+    """Synthesize one style's rooms and preprocess its train and val splits into `data`; the
+    extra validation rooms (every split of a second synthesis) join the val file."""
     from pptkit.stages.preprocess import PreprocessOptions, run_preprocess
     from pptkit.stages.synth import run_synth
 
-    raw = run_synth(style=style, out=data / "raw" / style, scenes=spec.scenes, seed=spec.synth_seed,
-                    overwrite=False)
-    for split in ("train", "val"):
-        run_preprocess(PreprocessOptions(dataset=style, input=raw, output=data / f"{style}_{split}.h5",
-                                         split=split, grid_size=spec.grid_size, workers=1))
-    shutil.rmtree(raw)
+    def convert(seed: int, scenes: int, tag: str) -> dict[str, Path]:
+        raw = run_synth(style=style, out=data / "raw" / f"{style}{tag}", scenes=scenes, seed=seed, overwrite=False)
+        out = {}
+        for split in ("train", "val"):
+            out[split] = data / f"{style}{tag}_{split}.h5"
+            run_preprocess(PreprocessOptions(dataset=style, input=raw, output=out[split], split=split,
+                                             grid_size=spec.grid_size, workers=1))
+        shutil.rmtree(raw)
+        return out
+
+    main = convert(spec.synth_seed, spec.scenes, "")
+    if spec.extra_val:
+        extra = convert(spec.synth_seed + 1000, spec.extra_val, "_extra")
+        _append_scenes(main["val"], [extra["train"], extra["val"]], prefix="extra_")
+        for path in extra.values():
+            path.unlink()
+
+
+def _append_scenes(target: Path, sources: list[Path], prefix: str) -> None:
+    """Copy every scene of `sources` into the store `target`, renamed with `prefix`."""
+    import h5py
+
+    from pptkit.data.store import group_name
+
+    with h5py.File(target, "r+") as out:
+        for source in sources:
+            with h5py.File(source, "r") as f:
+                for name, group in f.items():
+                    item = prefix + str(group.attrs["name"])
+                    f.copy(group, out, name=group_name(item))
+                    out[group_name(item)].attrs["name"] = item
 
 
 def prepare_data(work: Path, spec: DataSpec, jobs: int) -> dict[str, dict[str, Path]]:
@@ -120,50 +156,9 @@ def prepare_data(work: Path, spec: DataSpec, jobs: int) -> dict[str, dict[str, P
     return files
 
 
-def recalibrate_batchnorm(run_dir: Path, train_files: dict[str, str]) -> Path:
-    """Re-estimate every BatchNorm's statistics on the run's training rooms; a new checkpoint.
-
-    The backbone's norms use momentum 0.01 (hard-wired in pptkit.stages.ppt_model), so after a
-    few hundred CPU steps their running statistics still carry the initial values and early
-    training, and a norm updated more often (shared BN of a joint run: every step) is less
-    stale than a per-domain one (single runs, PDNorm: a third of the steps). To compare the
-    models and not their norm-update counts, every model of every setting gets the same
-    treatment: statistics reset, then the cumulative average over one pass of its training
-    rooms (eval transforms, weights untouched). Shared norms see every trained style's rooms;
-    PDNorm's per-domain norms only their own domain's.
-    """
-    import torch
-
-    from pptkit.data.dataset import SceneDataset
-    from pptkit.data.transforms import eval_transforms
-    from pptkit.engine.batch import collate
-    from pptkit.engine.checkpoint import load_checkpoint, save_checkpoint
-    from pptkit.stages.evaluate import load_trained_model
-
-    device = torch.device("cpu")
-    model, recipe, names, _, path = load_trained_model(run_dir / "last.pt", device)
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # cumulative average
-    transform = eval_transforms(recipe.data.grid_size)
-    model.train()
-    with torch.no_grad():
-        for d, name in enumerate(names):
-            rooms = SceneDataset(train_files[name])
-            for i in range(len(rooms)):
-                batch = collate([transform(rooms[i], np.random.default_rng([d, i]))], d, device)
-                model(batch.input, batch.dataset)
-    ckpt = load_checkpoint(path)
-    ckpt["model"] = model.state_dict()
-    out = run_dir / "recalibrated.pt"
-    save_checkpoint(out, ckpt)
-    return out
-
-
 def _run_one(job: dict) -> dict:
     """Train one setting for one seed (or reuse a finished identical run), then score it on its
-    styles' validation splits, with the trained norms and with recalibrated ones."""
+    styles' validation rooms."""
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
 
@@ -191,16 +186,12 @@ def _run_one(job: dict) -> dict:
         (out / "data.json").write_text(json.dumps({"data": data, "seed": job["seed"]}))
     trained = time.perf_counter() - started
     val = [f"{s}={job['files'][s]['val']}" for s in job["styles"]]
-    raw = run_eval(EvalOptions(checkpoint=out / "last.pt", data=val, out=out / "eval" / "results.json",
-                               device="cpu", seed=job["seed"]))
-    recalibrated = recalibrate_batchnorm(out, {s: job["files"][s]["train"] for s in job["styles"]})
-    recal = run_eval(EvalOptions(checkpoint=recalibrated, data=val, out=out / "eval_recalibrated" / "results.json",
-                                 device="cpu", seed=job["seed"]))
+    scores = run_eval(EvalOptions(checkpoint=out / "last.pt", data=val, out=out / "eval" / "results.json",
+                                  device="cpu", seed=job["seed"]))
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     last_epoch = [r for r in records if r.get("split") == "train_epoch"][-1]
     return {"setting": job["setting"], "seed": job["seed"],
-            "miou": {s: float(recal[s].miou) for s in job["styles"]},
-            "miou_trained_norms": {s: float(raw[s].miou) for s in job["styles"]},
+            "miou": {s: float(scores[s].miou) for s in job["styles"]},
             "steps": int(last_epoch["step"]), "final_epoch_loss": float(last_epoch["loss"]),
             "reused_training": done, "train_s": round(trained, 1),
             "total_s": round(time.perf_counter() - started, 1)}
@@ -210,17 +201,20 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
-def summarize(runs: list[dict], seeds: list[int], key: str = "miou") -> dict[str, dict[str, list[float]]]:
-    """{row: {style: per-seed mIoU list}} with the single-style row assembled per style."""
+def summarize(runs: list[dict], seeds: list[int]) -> dict[str, dict[str, list[float]]]:
+    """{row: {style: per-seed mIoU list}}; the single-style rows are assembled per style."""
     by = {(r["setting"], r["seed"]): r for r in runs}
-    rows: dict[str, dict[str, list[float]]] = {"single-style": {s: [by[(f"single-{s}", k)][key][s] for k in seeds]
-                                                                for s in STYLES}}
-    for setting in SETTINGS[len(STYLES):]:
-        rows[setting.key] = {s: [by[(setting.key, k)][key][s] for k in seeds] for s in STYLES}
+    rows: dict[str, dict[str, list[float]]] = {
+        "single-style": {s: [by[(f"single-{s}", k)]["miou"][s] for k in seeds] for s in STYLES},
+        "single-style-steps": {s: [by[(f"single-{s}-steps", k)]["miou"][s] for k in seeds] for s in STYLES},
+    }
+    for setting in JOINT:
+        rows[setting.key] = {s: [by[(setting.key, k)]["miou"][s] for k in seeds] for s in STYLES}
     return rows
 
 
-ROW_LABELS = {"single-style": "single-style (one model per style)",
+ROW_LABELS = {"single-style": "single-style, data-matched (one model per style)",
+              "single-style-steps": "single-style, step-matched (3x the epochs)",
               **{s.key: s.label for s in SETTINGS}}
 
 
@@ -236,36 +230,30 @@ def _tables(rows: dict[str, dict[str, list[float]]], n_seeds: int) -> str:
     base = rows["single-style"]
     deltas = "| vs single-style | " + " | ".join(STYLES) + " |\n|---|" + "---:|" * len(STYLES) + "\n"
     for key, per_style in rows.items():
-        if key == "single-style":
+        if key.startswith("single-style"):
             continue
         diffs = [_mean_std([100 * (a - b) for a, b in zip(per_style[s], base[s])]) for s in STYLES]
         deltas += f"| {ROW_LABELS[key]} | " + " | ".join(f"{m:+.1f} ± {sd:.1f}" for m, sd in diffs) + " |\n"
     return head + body + "\nPaired difference to single-style training (same seed), percentage points:\n\n" + deltas
 
 
-def markdown(rows: dict[str, dict[str, list[float]]], raw_rows: dict[str, dict[str, list[float]]], meta: dict) -> str:
+def markdown(rows: dict[str, dict[str, list[float]]], meta: dict) -> str:
     seeds = meta["seeds"]
     d = meta["data"]
     return (
         "# Point Prompt Training ablation (synthetic styles)\n\n"
-        f"mIoU (%) on each style's validation split, every original point scored; mean ± std over "
+        f"mIoU (%) on each style's validation rooms, every original point scored; mean ± std over "
         f"seeds {seeds} (std with ddof=1). `mean` is the per-seed mean over the three styles.\n\n"
-        "## With BatchNorm statistics re-estimated on the training rooms (all settings alike)\n\n"
         + _tables(rows, len(seeds)) +
-        "\n## With the norms' running statistics as trained (momentum 0.01, see notes)\n\n"
-        + _tables(raw_rows, len(seeds)) +
         f"\n## Settings\n\nData: {d['scenes']} rooms per style from `pptkit synth` (seed {d['synth_seed']}), "
-        f"{meta['train_rooms']} train / {meta['val_rooms']} val each, preprocessed at {d['grid_size']} m.\n"
-        f"Training: recipes/ppt-tiny.toml with overrides `{' '.join(meta['overrides'])}`, "
-        f"{meta['epochs']} epochs for every run (ratios 1:1:1, so each style contributes the same "
-        f"{meta['steps_per_style']} batches of {meta['batch_size']} rooms in every setting; a joint run "
-        f"takes {len(STYLES)}x the optimiser steps of a single run). Last checkpoint, no model selection, "
-        "no test-time augmentation.\n"
-        "Norm recalibration: the backbone's norms use momentum 0.01 (the paper's value, pinned by this benchmark's overrides; recipe field model.norm_momentum); "
-        "after this short schedule their running statistics are stale, and more so for per-domain norms "
-        "(single runs, PDNorm: one third of a joint run's updates) than for a joint run's shared BN. The first "
-        "table resets every BatchNorm and takes the cumulative average over one pass of the model's own "
-        "training rooms (weights unchanged), identically for every setting.\n"
+        f"{meta['train_rooms']} train; validation: its {meta['own_val_rooms']} val rooms plus {d['extra_val']} "
+        f"rooms of a second synthesis (seed {d['synth_seed'] + 1000}), {meta['val_rooms']} per style; "
+        f"preprocessed at {d['grid_size']} m.\n"
+        f"Training: recipes/ppt-tiny.toml with overrides `{' '.join(meta['overrides'])}`; joint and "
+        f"data-matched single runs {meta['epochs']} epochs ({meta['steps_per_style']} batches of "
+        f"{meta['batch_size']} rooms of each style, the same batches in every setting), step-matched single "
+        f"runs {len(STYLES) * meta['epochs']} epochs (as many optimiser steps as a joint run). Last "
+        "checkpoint, no model selection, no test-time augmentation, norms as trained.\n"
         f"Machine: {meta['machine']}; {meta['jobs']} runs in parallel, one torch thread each; "
         f"wall time of this invocation {meta['wall_s'] / 60:.1f} min ({meta['runs_reused']} of "
         f"{len(meta['seeds']) * len(SETTINGS)} runs reused finished training from an earlier invocation).\n"
@@ -273,12 +261,12 @@ def markdown(rows: dict[str, dict[str, list[float]]], raw_rows: dict[str, dict[s
     )
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".work")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--scenes", type=int, default=40, help="rooms per style (every fifth is validation)")
+    parser.add_argument("--extra-val", type=int, default=16, help="more validation rooms per style (second synthesis)")
     parser.add_argument("--grid-size", type=float, default=0.1)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--jobs", type=int, default=2)
@@ -290,15 +278,15 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print the table, keep results/ untouched")
     args = parser.parse_args()
     if args.quick:
-        args.seeds, args.epochs, args.scenes = args.seeds[:1], 2, 10
+        args.seeds, args.epochs, args.scenes, args.extra_val = args.seeds[:1], 1, 10, 5
 
     started = time.perf_counter()
-    spec = DataSpec(scenes=args.scenes, grid_size=args.grid_size, synth_seed=args.synth_seed)
+    spec = DataSpec(scenes=args.scenes, extra_val=args.extra_val, grid_size=args.grid_size, synth_seed=args.synth_seed)
     files = prepare_data(args.work, spec, args.jobs)
     data_s = time.perf_counter() - started
     overrides = MODEL_OVERRIDES + [f"data.grid_size={args.grid_size}"] + args.overrides
     jobs = [{"setting": st.key, "styles": st.styles, "adapter": st.adapter, "head": st.head, "seed": seed,
-             "epochs": args.epochs, "overrides": overrides, "files": {k: {s: str(p) for s, p in v.items()}
+             "epochs": args.epochs * st.epoch_factor, "overrides": overrides, "files": {k: {s: str(p) for s, p in v.items()}
                                                                     for k, v in files.items()},
              "out": str(args.work / "runs" / f"{st.key}-seed{seed}")}
             for seed in args.seeds for st in SETTINGS]
@@ -317,8 +305,8 @@ def main() -> None:
     val_rooms = {s: len(SceneDataset(files[s]["val"])) for s in STYLES}
     batch_size = 2
     meta = {"seeds": args.seeds, "data": asdict(spec), "train_rooms": train_rooms,
-            "val_rooms": val_rooms[STYLES[0]], "val_rooms_per_style": val_rooms,
-            "epochs": args.epochs, "batch_size": batch_size,
+            "val_rooms": val_rooms[STYLES[0]], "own_val_rooms": val_rooms[STYLES[0]] - args.extra_val,
+            "val_rooms_per_style": val_rooms, "epochs": args.epochs, "batch_size": batch_size,
             "steps_per_style": args.epochs * (train_rooms // batch_size),
             "recipe": str(RECIPE.relative_to(ROOT)), "overrides": overrides,
             "settings": [asdict(s) for s in SETTINGS], "jobs": args.jobs,
@@ -326,14 +314,15 @@ def main() -> None:
             "data_prep_s": round(data_s, 1), "wall_s": round(wall, 1), "note": args.note,
             "runs_reused": sum(r["reused_training"] for r in runs)}
     rows = summarize(runs, args.seeds)
-    raw_rows = summarize(runs, args.seeds, "miou_trained_norms")
-    table = markdown(rows, raw_rows, meta)
+    table = markdown(rows, meta)
     print(table)
     if not args.no_write:
+        from pptkit.fileio import write_text_atomic
+
         RESULTS.mkdir(parents=True, exist_ok=True)
         write_text_atomic(RESULTS / "ppt_ablation.md", table)
         write_text_atomic(RESULTS / "ppt_ablation.json", json.dumps(
-            {"meta": meta, "rows": rows, "rows_trained_norms": raw_rows, "runs": sorted(runs, key=lambda r: (r["setting"], r["seed"]))}, indent=1))
+            {"meta": meta, "rows": rows, "runs": sorted(runs, key=lambda r: (r["setting"], r["seed"]))}, indent=1))
 
 
 if __name__ == "__main__":
