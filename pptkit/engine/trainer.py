@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 
 from pptkit.engine.checkpoint import save_checkpoint
-from pptkit.engine.distributed import DistInfo, all_reduce_sum
+from pptkit.engine.distributed import DistInfo, all_reduce_sum, check_in_sync
 from pptkit.engine.run_dir import RunDir
 from pptkit.progress import console, fancy, make_progress
 
@@ -162,6 +162,17 @@ def train(
                 if improved or validate is None:
                     save_checkpoint(run.best, ckpt)
     return state
+
+
+def check_ranks_agree(model: torch.nn.Module, state: TrainState, run: RunDir, dist: DistInfo) -> None:
+    """After a torchrun run: log whether every rank ended with the same weights; raise if not."""
+    if not dist.enabled:
+        return
+    in_sync = check_in_sync(model)
+    run.log({"step": state.step, "epoch": state.epoch, "split": "ddp_check",
+             "world_size": dist.world_size, "ranks_in_sync": in_sync})
+    if not in_sync:
+        raise RuntimeError("ranks ended with different weights")
 
 
 def _checkpoint(model, optimizer, scheduler, state: TrainState, device: torch.device,

@@ -17,12 +17,12 @@ from pptkit.data.dataset import SceneDataset
 from pptkit.data.transforms import eval_transforms, mix_scenes, train_transforms
 from pptkit.engine.batch import Batch, collate
 from pptkit.engine.checkpoint import load_checkpoint, save_checkpoint
-from pptkit.engine.distributed import check_in_sync, cleanup
+from pptkit.engine.distributed import cleanup
 from pptkit.engine.inference import evaluate_dataset
 from pptkit.engine.run_dir import RunDir
 from pptkit.engine.sampler import ScheduledBatch, epoch_schedule
 from pptkit.engine.setup import RunSetup, open_run
-from pptkit.engine.trainer import LoopConfig, StepResult, TrainState, restore, train
+from pptkit.engine.trainer import LoopConfig, StepResult, TrainState, check_ranks_agree, restore, train
 from pptkit.errors import InputError
 from pptkit.models.label_space import UnionLabelSpace
 from pptkit.models.pdnorm import split_prompt_parameters
@@ -110,7 +110,7 @@ def dataset_transforms(recipe: PPTRecipe, names: list[str]) -> list:
 
 def run_joint_train(opts: JointTrainOptions) -> PPTRecipe:
     setup = open_run(opts.out, opts.resume, opts.recipe, PPTRecipe, opts.overrides, opts.device)
-    device, dist, run, recipe, checkpoint = setup.device, setup.dist, setup.run, setup.recipe, setup.checkpoint
+    dist, run, recipe, checkpoint = setup.dist, setup.run, setup.recipe, setup.checkpoint
 
     # Every input is checked before anything is written.
     train_paths = parse_named_paths(opts.data, "--data")
@@ -219,12 +219,7 @@ def _train(opts: JointTrainOptions, setup: RunSetup[PPTRecipe], train_sets: list
                       recipe.train.log_every, recipe.train.eval_every, monitor="miou", unit="vox")
     state = train(model, optimizer, scheduler, loss_fn, batches_for_epoch, steps_per_epoch,
                   validate if val_sets else None, run, loop, state, device, dist, extra)
-    if dist.enabled:
-        in_sync = check_in_sync(model)
-        run.log({"step": state.step, "epoch": state.epoch, "split": "ddp_check",
-                 "world_size": dist.world_size, "ranks_in_sync": in_sync})
-        if not in_sync:
-            raise RuntimeError("ranks ended with different weights")
+    check_ranks_agree(model, state, run, dist)
     if dist.is_main:
         console.print(f"done: {state.epoch} epochs, {state.step} steps; checkpoints in {run.path}")
     return recipe

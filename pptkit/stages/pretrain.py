@@ -31,7 +31,7 @@ import torch
 from pptkit.config import from_dict, to_dict, to_toml
 from pptkit.data.transforms import Compose, RandomRotate, RandomScale, RandomShift
 from pptkit.engine.checkpoint import load_checkpoint
-from pptkit.engine.distributed import all_reduce_sum, check_in_sync, cleanup
+from pptkit.engine.distributed import all_reduce_sum, cleanup
 from pptkit.engine.object_batches import (
     PointBatch,
     PointBatches,
@@ -41,7 +41,7 @@ from pptkit.engine.object_batches import (
     point_loader,
 )
 from pptkit.engine.setup import RunSetup, open_run
-from pptkit.engine.trainer import LoopConfig, StepResult, TrainState, restore, train
+from pptkit.engine.trainer import LoopConfig, StepResult, TrainState, check_ranks_agree, restore, train
 from pptkit.errors import InputError
 from pptkit.models.act import (
     ACTAutoencoder,
@@ -390,12 +390,7 @@ def _train(opts: PretrainOptions, setup: RunSetup[ACTRecipe], inputs: _Inputs,
                       recipe.train.eval_every, monitor="loss", monitor_mode="min", unit="obj")
     state = train(model, optimizer, scheduler, tracked_loss, batches_for_epoch, steps_per_epoch, validate,
                   run, loop, state, device, dist, checkpoint_extra)
-    if dist.enabled:
-        in_sync = check_in_sync(model)
-        run.log({"step": state.step, "epoch": state.epoch, "split": "ddp_check",
-                 "world_size": dist.world_size, "ranks_in_sync": in_sync})
-        if not in_sync:
-            raise RuntimeError("ranks ended with different weights")
+    check_ranks_agree(model, state, run, dist)
     if dist.is_main:
         where = "; the student encoder is under 'encoder'" if stage != "autoencoder" else ""
         console.print(f"done: {state.epoch} epochs, {state.step} steps; checkpoints in {run.path}{where}")
