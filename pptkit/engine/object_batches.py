@@ -73,6 +73,7 @@ class PointSource:
         self.items = items
         self.labels = np.array(labels, dtype=np.int64)
         self._normalise = NormalizeCoord()
+        self._farthest: dict[int, np.ndarray] = {}  # index -> its farthest points (cache_farthest_points)
 
     def _open(self, path: Path) -> tuple[ObjectDataset | SceneDataset, list[int]]:
         """The store at `path`, checked, and its items' labels (read from the group attributes,
@@ -116,16 +117,35 @@ class PointSource:
     def sample(self, index: int, rng: np.random.Generator, transform: PointTransform | None = None
                ) -> tuple[np.ndarray, int]:
         """Item `index` as (points (num_points, 3) float32 in the unit sphere, label)."""
-        item = self.items[index]
-        store = self.stores[item.store]
-        coord = np.asarray(store[item.index]["coord"], dtype=np.float32)
-        if isinstance(store, SceneDataset):
-            coord = random_crop(coord, self.crop, rng)
-        coord = coord[self._pick(coord, rng)]
+        coord = self._farthest.get(index)
+        if coord is None:
+            item = self.items[index]
+            store = self.stores[item.store]
+            coord = np.asarray(store[item.index]["coord"], dtype=np.float32)
+            if isinstance(store, SceneDataset):
+                coord = random_crop(coord, self.crop, rng)
+            coord = coord[self._pick(coord, rng)]
         data = self._normalise({"coord": coord}, rng)
         if transform is not None:
             data = transform(data, rng)
         return np.ascontiguousarray(data["coord"], dtype=np.float32), int(self.labels[index])
+
+    def cache_farthest_points(self, batch_size: int = 64) -> None:
+        """Compute every object's farthest points once, `batch_size` objects per batched FPS call,
+        and keep them, so that samples skip the FPS from then on (it is deterministic, so samples
+        are unchanged). Only for "fps" sampling of object stores; a no-op otherwise. Loader
+        workers started afterwards inherit the cache; memory: num_points x 12 bytes per object."""
+        if self.sampling != "fps" or any(isinstance(store, SceneDataset) for store in self.stores):
+            return
+        for number, store in enumerate(self.stores):
+            todo = [i for i, item in enumerate(self.items) if item.store == number and i not in self._farthest]
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start:start + batch_size]
+                coord = np.stack([np.asarray(store[self.items[i].index]["coord"], dtype=np.float32) for i in chunk])
+                with torch.no_grad():
+                    picked = farthest_point_sample(torch.from_numpy(coord), self.num_points).numpy()
+                for row, i in enumerate(chunk):
+                    self._farthest[i] = coord[row][picked[row]]
 
     def _pick(self, coord: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if self.sampling == "random":
