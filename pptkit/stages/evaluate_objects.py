@@ -125,6 +125,7 @@ def run_object_eval(opts: EvalOptions) -> dict[str, ClassificationScores]:
 def _predict(model: torch.nn.Module, source: PointSource, path: Path, recipe: FinetuneRecipe, votes: int, seed: int,
              device: torch.device) -> ObjectPredictions:
     """Logits of every object of `source` (voted over `votes` views when > 0), with names."""
+    source.cache_farthest_points()  # batched, and once for all views
     batches = ordered_batches(len(source), EVAL_BATCH)
     num_workers = recipe.data.num_workers
     if votes:

@@ -385,6 +385,10 @@ def _train(opts: FinetuneOptions, setup: RunSetup[FinetuneRecipe], inputs: _Inpu
     if checkpoint is None:
         run.log({"step": 0, "epoch": 0, "split": "parameters", "mode": mode, **counts})
 
+    # The farthest points of every object, once: later epochs (and validations) skip the FPS.
+    for source in (inputs.train, inputs.val):
+        if source is not None:
+            source.cache_farthest_points()
     transform = train_transform(d)
 
     def batches_for_epoch(epoch: int):

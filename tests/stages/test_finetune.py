@@ -9,11 +9,13 @@ import json
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 import torch
 
 import pptkit.stages.finetune as finetune_module
 from pptkit.data.store import StoreMeta, write_meta
+from pptkit.engine.object_batches import PointSource
 from pptkit.errors import InputError
 from pptkit.models.point_transformer import PointTransformerEncoder
 from pptkit.stages.finetune import (
@@ -25,6 +27,7 @@ from pptkit.stages.finetune import (
     load_task_model,
     read_task_file,
     run_finetune,
+    train_transform,
 )
 from pptkit.config import load_recipe
 from pptkit.stages.gst_recipe import FinetuneRecipe
@@ -97,6 +100,16 @@ def backbone_state(path: Path) -> dict[str, torch.Tensor]:
 
 def recipe(mode: str) -> FinetuneRecipe:
     return load_recipe(RECIPE, FinetuneRecipe, [*SMALL, f"model.mode=\"{mode}\""])
+
+
+def test_cached_farthest_points_give_the_same_samples(objects):
+    plain, cached = (PointSource([objects["test"]], 300, "fps") for _ in range(2))
+    cached.cache_farthest_points(batch_size=7)  # batched FPS, in uneven chunks
+    transform = train_transform(recipe("gst").data)
+    for index in range(len(plain)):
+        a = plain.sample(index, np.random.default_rng([0, 1, index]), transform)
+        b = cached.sample(index, np.random.default_rng([0, 1, index]), transform)
+        assert np.array_equal(a[0], b[0]) and a[1] == b[1]
 
 
 def test_gst_starts_as_the_frozen_backbone_bit_for_bit(objects):
