@@ -34,10 +34,10 @@ from pptkit.config import from_dict, to_dict, to_toml
 from pptkit.data.store import open_store
 from pptkit.data.transforms import Compose, RandomRotate, RandomScale, RandomShift
 from pptkit.engine.checkpoint import find_checkpoint, load_checkpoint
-from pptkit.engine.distributed import DistInfo, all_reduce_sum, check_in_sync, cleanup
+from pptkit.engine.distributed import DistInfo, all_reduce_sum, cleanup
 from pptkit.engine.object_batches import PointBatch, PointBatches, PointSource, epoch_batches, ordered_batches, point_loader
 from pptkit.engine.setup import RunSetup, open_run
-from pptkit.engine.trainer import LoopConfig, StepResult, TrainState, restore, train
+from pptkit.engine.trainer import LoopConfig, StepResult, TrainState, check_ranks_agree, restore, train
 from pptkit.errors import InputError
 from pptkit.eval.metrics import ConfusionMatrix, classification_scores
 from pptkit.fileio import atomic_path
@@ -415,12 +415,7 @@ def _train(opts: FinetuneOptions, setup: RunSetup[FinetuneRecipe], inputs: _Inpu
                       unit="obj")
     state = train(model, optimizer, scheduler, loss_fn, batches_for_epoch, steps_per_epoch, validate, run, loop,
                   state, device, dist, extra)
-    if dist.enabled:
-        in_sync = check_in_sync(model)
-        run.log({"step": state.step, "epoch": state.epoch, "split": "ddp_check", "world_size": dist.world_size,
-                 "ranks_in_sync": in_sync})
-        if not in_sync:
-            raise RuntimeError("ranks ended with different weights")
+    check_ranks_agree(model, state, run, dist)
     if dist.is_main:
         best = load_checkpoint(run.best)
         task = {key: best["model"][key] for key in keys}
