@@ -179,22 +179,26 @@ def finetune(
 
 @app.command("eval")
 def evaluate(
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Run folder (best.pt, else last.pt) or a .pt file.")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Run folder (best.pt, else last.pt) or a .pt file; a finetune run or task file; with --task, the task's backbone.")],
     data: Annotated[list[str], typer.Option("--data", help="Dataset to score as NAME=PATH.h5 (repeatable).")],
     out: Annotated[Optional[Path], typer.Option("--out", help="results.json path (default RUN_DIR/eval/results.json).")] = None,
     tta: Annotated[bool, typer.Option("--tta", help="Test-time augmentation: rotations x scales x flip, votes per point.")] = False,
     export_ply: Annotated[Optional[Path], typer.Option("--export-ply", help="Write a coloured prediction PLY per scene here.")] = None,
+    task: Annotated[Optional[Path], typer.Option("--task", help="Object task file (finetune's task.safetensors) over the backbone given as --checkpoint.")] = None,
+    votes: Annotated[int, typer.Option("--votes", help="Object tasks: average the logits of N augmented views per object (0: none).")] = 0,
+    export: Annotated[Optional[Path], typer.Option("--export", help="Object tasks: write the predictions here as CSV, one row per object.")] = None,
     seed: Seed = 0,
     device: Device = "auto",
     verbose: Verbose = False,
 ) -> None:
-    """Score a trained model per dataset: mIoU, mAcc, OA and per-class IoU on every original point."""
+    """Score a trained model per dataset: mIoU, mAcc, OA and per-class IoU on every original point
+    (scene models); OA, mAcc and per-class accuracy (object tasks)."""
     global _verbose
     _verbose = _verbose or verbose
     from pptkit.stages.evaluate import EvalOptions, run_eval
 
-    run_eval(EvalOptions(checkpoint=checkpoint, data=data, out=out, tta=tta, export_ply=export_ply,
-                         device=device, seed=seed, verbose=_verbose))
+    run_eval(EvalOptions(checkpoint=checkpoint, data=data, out=out, tta=tta, export_ply=export_ply, task=task,
+                         votes=votes, export=export, device=device, seed=seed, verbose=_verbose))
 
 
 INTERRUPTED = ("interrupted: finished work is kept (the last complete checkpoint, finished scenes); "

@@ -15,11 +15,12 @@ from pptkit.engine.checkpoint import find_checkpoint, load_checkpoint
 from pptkit.engine.distributed import DistInfo, resolve_device
 from pptkit.engine.inference import evaluate_dataset
 from pptkit.errors import InputError
-from pptkit.eval.metrics import SegmentationScores
+from pptkit.eval.metrics import ClassificationScores, SegmentationScores
 from pptkit.eval.report import per_class_table, plot_confusion, results_table, write_results_json
 from pptkit.eval.voting import tta_views
 from pptkit.fileio import check_output
 from pptkit.models.label_space import UnionLabelSpace
+from pptkit.stages.evaluate_objects import is_object_task, run_object_eval
 from pptkit.stages.joint_train import parse_named_paths
 from pptkit.stages.ppt_model import build_model
 from pptkit.stages.ppt_recipe import PPTRecipe
@@ -35,6 +36,9 @@ class EvalOptions:
     device: str = "auto"
     seed: int = 0
     verbose: bool = False
+    task: Path | None = None  # an object task file; --checkpoint is then its backbone
+    votes: int = 0  # object tasks: augmented views averaged per object (0 = none)
+    export: Path | None = None  # object tasks: the predictions as CSV
 
 
 def load_trained_model(checkpoint: Path, device: torch.device):
@@ -58,7 +62,12 @@ def load_trained_model(checkpoint: Path, device: torch.device):
     return model.to(device).eval(), recipe, names, class_names, path
 
 
-def run_eval(opts: EvalOptions) -> dict[str, SegmentationScores]:
+def run_eval(opts: EvalOptions) -> dict[str, SegmentationScores] | dict[str, ClassificationScores]:
+    if opts.task is not None or is_object_task(opts.checkpoint):
+        return run_object_eval(opts)
+    if opts.votes or opts.export is not None:
+        raise InputError("is for object tasks (a finetune run folder or task file)",
+                         "--votes" if opts.votes else "--export")
     torch.manual_seed(opts.seed)
     device = resolve_device(opts.device)
     model, recipe, names, class_names, ckpt_path = load_trained_model(opts.checkpoint, device)

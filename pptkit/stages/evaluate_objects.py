@@ -118,7 +118,7 @@ def run_object_eval(opts: EvalOptions) -> dict[str, ClassificationScores]:
     stdout.print(results_table(results))
     stdout.print(per_class_table(results))
     voting = f", {opts.votes} votes per object" if opts.votes else ""
-    stdout.print(f"results: {escape(str(out))}{voting}", highlight=False)
+    stdout.print(f"results: {escape(str(out))}{voting}", highlight=False, soft_wrap=True)
     return results
 
 
