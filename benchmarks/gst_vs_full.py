@@ -131,8 +131,10 @@ def find_backbone(args, stores) -> tuple[Path, str]:
         return args.backbone, f"given: {args.backbone}"
     for name, label in (("act", "ACT student"), ("mae", "Point-MAE encoder")):
         path = ACT_TRANSFER / name / "last.pt"
-        if finished(path):
-            return path, f"{label} of the act_transfer benchmark (seed 0, {path.relative_to(ROOT)})"
+        if finished(path):  # copied: a rerun of act_transfer replaces its runs
+            copy = args.work / f"act_transfer-seed0-{name}.pt"
+            shutil.copyfile(path, copy)
+            return copy, f"{label} of the act_transfer benchmark (seed 0, {path.relative_to(ROOT)}, copied)"
     run = args.work / "pretrain-mae"
     if not finished(run / "last.pt"):
         shutil.rmtree(run, ignore_errors=True)
@@ -351,6 +353,7 @@ def main() -> None:
     set_quiet(True)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
+    args.work.mkdir(parents=True, exist_ok=True)
     stores = build_data(args.work, args.per_class)
     backbone, backbone_text = find_backbone(args, stores)
     print(f"backbone: {backbone_text}", flush=True)
