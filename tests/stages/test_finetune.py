@@ -278,6 +278,7 @@ def test_eval_refuses_a_task_over_the_wrong_backbone(objects, runs, tmp_path):
     assert not out.parent.exists()
 
 
+@pytest.mark.slow
 def test_eval_of_an_object_task_reports_scores_plot_csv_and_votes(objects, runs, tmp_path):
     csv_path = tmp_path / "predictions.csv"
     result = run_cli("eval", "--checkpoint", runs["gst"], "--data", f"test={objects['test']}", "--votes", "2",
