@@ -177,6 +177,37 @@ def finetune(
     ))
 
 
+@app.command()
+def incremental(
+    new_classes: Annotated[str, typer.Option("--new-classes", help="Classes to add, comma-separated (e.g. toilet,sink,bathtub).")],
+    data: Annotated[str, typer.Option("--data", help="Step-t scenes as [NAME=]PATH.h5 (NAME: the base run's dataset; default the store's).")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Run folder (config, metrics, checkpoints, memory.pt).")] = None,
+    base: Annotated[Optional[Path], typer.Option("--base", help="The step t-1 run: a joint-train run (label space without the new classes) or an incremental run.")] = None,
+    recipe: Annotated[Optional[Path], typer.Option("--recipe", help="TOML recipe from recipes/ (incr-*.toml).")] = None,
+    tags: Annotated[Optional[Path], typer.Option("--tags", help="tags.json: scene id -> class names it contains.")] = None,
+    tags_from_labels: Annotated[bool, typer.Option("--tags-from-labels", help="Derive the tags from the store's labels (benchmarks); the labels never reach training.")] = False,
+    memory: Annotated[int, typer.Option("--memory", help="Old-class instances kept per class for copy-paste (0: no copy-paste).")] = 0,
+    memory_data: Annotated[Optional[Path], typer.Option("--memory-data", help="Labelled store of earlier steps to cut the memory's instances from.")] = None,
+    write_base_store: Annotated[Optional[Path], typer.Option("--write-base-store", help="Step 0: write --data without --new-classes (ignored) to this .h5 for joint-train, then stop.")] = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR/last.pt.")] = False,
+    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe field: key.path=value.")] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Add new classes to a trained scene model from scene-level tags alone (FMWISS carried to 3D)."""
+    global _verbose
+    _verbose = _verbose or verbose
+    from pptkit.stages.incremental import IncrementalOptions, run_incremental
+
+    run_incremental(IncrementalOptions(
+        new_classes=new_classes, data=data, out=out, recipe=recipe, base=base, tags=tags,
+        tags_from_labels=tags_from_labels, memory=memory, memory_data=memory_data,
+        write_base_store=write_base_store, seed=seed, device=device, resume=resume,
+        overrides=overrides or [], verbose=_verbose,
+    ))
+
+
 @app.command("eval")
 def evaluate(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Run folder (best.pt, else last.pt) or a .pt file; a finetune run or task file; with --task, the task's backbone.")],

@@ -21,6 +21,7 @@ from pptkit.eval.voting import tta_views
 from pptkit.fileio import check_output
 from pptkit.models.label_space import UnionLabelSpace
 from pptkit.stages.evaluate_objects import is_object_task, run_object_eval
+from pptkit.stages.incremental_eval import is_incremental_run, run_incremental_eval
 from pptkit.stages.joint_train import parse_named_paths
 from pptkit.stages.ppt_model import build_model
 from pptkit.stages.ppt_recipe import PPTRecipe
@@ -68,6 +69,8 @@ def run_eval(opts: EvalOptions) -> dict[str, SegmentationScores] | dict[str, Cla
     if opts.votes or opts.export is not None:
         raise InputError("is for object tasks (a finetune run folder or task file)",
                          "--votes" if opts.votes else "--export")
+    if is_incremental_run(opts.checkpoint):
+        return run_incremental_eval(opts)
     torch.manual_seed(opts.seed)
     device = resolve_device(opts.device)
     model, recipe, names, class_names, ckpt_path = load_trained_model(opts.checkpoint, device)
