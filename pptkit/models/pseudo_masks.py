@@ -14,7 +14,8 @@ new classes its scene is tagged with (a point can only become a class its scene 
    cosine similarity to the seeds in a frozen feature space (centred on the scene's mean
    feature, so what every point shares does not make every point alike), averaged over its
    superpoint, min-max normalised over the scene; points at or above `threshold` of that range
-   form the refined mask.
+   form the refined mask. Initial and refined masks keep at most a set fraction of a scene
+   (`keep_top_fraction`): an object does not cover a room, and a weak activation map would.
 3. Fusion (`fuse_masks`): the union of the initial and the refined mask per class; a point in
    several classes' masks goes to the one with the highest initial score + affinity.
 4. Targets (`distillation_targets`) and losses (`soft_cross_entropy`, `dense_contrastive_loss`).
@@ -67,6 +68,25 @@ def initial_labels(scores: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.where(best >= threshold, label, torch.full_like(label, NO_CLASS))
 
 
+def keep_top_fraction(mask: torch.Tensor, score: torch.Tensor, fraction: float) -> torch.Tensor:
+    """`mask` (N,) bool reduced to its highest-scoring members when it holds more than
+    `fraction` of the N points (a mask cannot cover more of a scene than an object does)."""
+    limit = max(1, int(round(fraction * mask.numel())))
+    if int(mask.sum()) <= limit:
+        return mask
+    cutoff = score.masked_fill(~mask, float("-inf")).topk(limit).values[-1]
+    return mask & (score >= cutoff)
+
+
+def limit_labels(labels: torch.Tensor, scores: torch.Tensor, fraction: float) -> torch.Tensor:
+    """One scene's labels (N,) with each class's mask limited by `keep_top_fraction` of its score."""
+    out = labels.clone()
+    for k in torch.unique(labels[labels >= 0]).tolist():
+        member = labels == k
+        out[member & ~keep_top_fraction(member, scores[:, k], fraction)] = NO_CLASS
+    return out
+
+
 def select_seeds(scores: torch.Tensor, num_seeds: int, candidates: int, generator: torch.Generator) -> torch.Tensor:
     """`num_seeds` distinct point indices drawn uniformly among the `candidates` top-scoring ones."""
     pool = min(max(candidates, num_seeds), scores.shape[0])
@@ -94,12 +114,13 @@ def seed_affinity(feats: torch.Tensor, seeds: torch.Tensor, superpoint: torch.Te
 
 
 def refine_masks(scores: torch.Tensor, tagged: torch.Tensor, feats: torch.Tensor, superpoint: torch.Tensor | None,
-                 num_seeds: int, candidates: int, threshold: float,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                 num_seeds: int, candidates: int, threshold: float, generator: torch.Generator,
+                 max_fraction: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Refined masks (N, K) bool and affinities (N, K) of one scene's points for its tagged classes.
 
     `scores` (N, K) are the initial scores, `tagged` (K,) the scene's tags and `feats` (N, C)
     the frozen features of the scene's points; untagged classes get an empty mask and affinity 0.
+    A mask keeps at most `max_fraction` of the points (the highest affinities).
     """
     unit = F.normalize(feats - feats.mean(dim=0, keepdim=True), dim=1)
     masks = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
@@ -108,7 +129,7 @@ def refine_masks(scores: torch.Tensor, tagged: torch.Tensor, feats: torch.Tensor
         seeds = select_seeds(scores[:, k], num_seeds, candidates, generator)
         affinity = seed_affinity(unit, seeds, superpoint)
         affinities[:, k] = affinity
-        masks[:, k] = affinity >= threshold
+        masks[:, k] = keep_top_fraction(affinity >= threshold, affinity, max_fraction)
     return masks, affinities
 
 

@@ -43,6 +43,7 @@ class MaskConfig:
     threshold: float = bounded(0.5, ge=0, le=1)  # initial mask: best tagged class's score >= this
     cam_top_fraction: float = bounded(0.01, gt=0, le=1)  # multiple-instance pooling: mean of the top points
     start_epoch: int = bounded(1, ge=0)  # epochs the activation map learns before masks supervise anything
+    max_fraction: float = bounded(0.05, gt=0, le=1)  # an initial or refined mask keeps at most this share of a scene
 
 
 @dataclass

@@ -64,6 +64,7 @@ from pptkit.models.pseudo_masks import (
     fuse_masks,
     initial_labels,
     initial_scores,
+    limit_labels,
     refine_masks,
     soft_cross_entropy,
     zero_shot_scores,
@@ -586,17 +587,19 @@ class StepLoss:
         zero_shot = zero_shot_scores(embed, text, self.old_model.head.scale.float(), old_prob, allowed)
         scores = initial_scores(zero_shot, cam_map, allowed, r.masks.zero_shot_weight)
         initial = initial_labels(scores, r.masks.threshold)
+        own = batch.target < 0
+        scene_rows = [torch.nonzero((batch.scene == s) & own).flatten() for s in range(batch.tags.shape[0])]
+        for mine in scene_rows:
+            initial[mine] = limit_labels(initial[mine], scores[mine], r.masks.max_fraction)
         refined = affinities = None
         if r.refine.enabled:
             refined, affinities = torch.zeros_like(allowed), torch.zeros_like(scores)
             feats = old_feats.float()[rows]
-            own = batch.target < 0
-            for s in range(batch.tags.shape[0]):
-                mine = torch.nonzero((batch.scene == s) & own).flatten()
+            for s, mine in enumerate(scene_rows):
                 superpoint = batch.superpoint[mine] if r.refine.superpoints else None
                 refined[mine], affinities[mine] = refine_masks(
                     scores[mine], batch.tags[s], feats[mine], superpoint, r.refine.seeds, r.refine.seed_candidates,
-                    r.refine.threshold, generator)
+                    r.refine.threshold, generator, r.masks.max_fraction)
         fused = fuse_masks(initial, scores, refined, affinities)
         fused[batch.target >= 0] = NO_CLASS
         return initial, fused

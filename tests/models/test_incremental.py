@@ -17,6 +17,8 @@ from pptkit.models.pseudo_masks import (
     hard_soft_mix,
     initial_labels,
     initial_scores,
+    keep_top_fraction,
+    limit_labels,
     refine_masks,
     seed_affinity,
     select_seeds,
@@ -69,6 +71,17 @@ def test_refined_masks_threshold_the_affinity_of_centred_features_for_tagged_cla
     assert masks[:, 0].tolist() == [True, True, True, False, False, False]
     loose, _ = refine_masks(scores, tagged, feats, None, 2, 2, threshold=0.05, generator=generator())
     assert loose[:, 0].tolist() == [True, True, True, False, True, False]  # 0.061 >= 0.05
+
+
+def test_masks_keep_at_most_a_fraction_of_the_scene():
+    score = torch.tensor([0.1, 0.9, 0.5, 0.7, 0.3, 0.8, 0.2, 0.6, 0.4, 0.0])
+    mask = score > 0.15
+    assert keep_top_fraction(mask, score, 0.3).nonzero().flatten().tolist() == [1, 3, 5]
+    assert torch.equal(keep_top_fraction(mask, score, 1.0), mask)
+    labels = torch.tensor([0, 0, 0, 1, NO_CLASS, 0, 0, 0, 0, 0])
+    scores = torch.stack([score, torch.ones(10)], dim=1)
+    # Class 0 has 8 points, 2 allowed (20%): its two best (1 and 5); class 1 keeps its single point.
+    assert limit_labels(labels, scores, 0.2).tolist() == [-1, 0, -1, 1, -1, 0, -1, -1, -1, -1]
 
 
 def test_fusion_is_the_union_of_initial_and_refined_masks_with_conflicts_by_score():
