@@ -22,6 +22,7 @@ T = TypeVar("T")
 # User text (file names, class names, messages) prints literally: no markup, no highlighting,
 # and long lines are never wrapped (a metrics line stays one line in a log file).
 console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
+stdout = Console(markup=False, highlight=False, soft_wrap=True)  # results (tables, paths) for pipes
 _quiet = False
 
 

@@ -28,6 +28,13 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread_for_shared_fixtures():
+    """Module- and session-scoped fixtures (e.g. reference runs that a test compares bit for bit
+    with its own) are built before function fixtures: give them the tests' one thread too."""
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
     """Tests run with one intra-op thread: small ops gain nothing from more, and on a busy

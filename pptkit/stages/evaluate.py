@@ -6,8 +6,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from rich.console import Console
-from rich.markup import escape
 
 from pptkit.config import from_dict
 from pptkit.data.dataset import SceneDataset
@@ -25,6 +23,7 @@ from pptkit.stages.incremental_eval import is_incremental_run, run_incremental_e
 from pptkit.stages.joint_train import parse_named_paths
 from pptkit.stages.ppt_model import build_model
 from pptkit.stages.ppt_recipe import PPTRecipe
+from pptkit.progress import stdout
 
 
 @dataclass
@@ -97,10 +96,9 @@ def run_eval(opts: EvalOptions) -> dict[str, SegmentationScores] | dict[str, Cla
         plot_confusion(matrix, class_names[name], out.parent / f"confusion_{name}.png",
                        title=f"{name} (mIoU {100 * scores.miou:.1f})")
     write_results_json(out, results)
-    stdout = Console()
     stdout.print(results_table(results))
     stdout.print(per_class_table(results))
-    stdout.print(f"results: {escape(str(out))}", highlight=False)
+    stdout.print(f"results: {out}")
     return results
 
 

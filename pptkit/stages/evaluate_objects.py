@@ -20,8 +20,6 @@ from typing import TYPE_CHECKING
 import h5py
 import numpy as np
 import torch
-from rich.console import Console
-from rich.markup import escape
 
 from pptkit.config import from_dict
 from pptkit.engine.distributed import resolve_device
@@ -42,6 +40,7 @@ from pptkit.stages.finetune import (
 )
 from pptkit.stages.gst_recipe import FinetuneRecipe
 from pptkit.stages.joint_train import parse_named_paths
+from pptkit.progress import stdout
 
 if TYPE_CHECKING:
     from pptkit.stages.evaluate import EvalOptions
@@ -114,11 +113,10 @@ def run_object_eval(opts: EvalOptions) -> dict[str, ClassificationScores]:
     if opts.export is not None:
         Path(opts.export).parent.mkdir(parents=True, exist_ok=True)
         write_predictions_csv(opts.export, predictions, class_names)
-    stdout = Console()
     stdout.print(results_table(results))
     stdout.print(per_class_table(results))
     voting = f", {opts.votes} votes per object" if opts.votes else ""
-    stdout.print(f"results: {escape(str(out))}{voting}", highlight=False, soft_wrap=True)
+    stdout.print(f"results: {out}{voting}")
     return results
 
 

@@ -23,8 +23,6 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.markup import escape
-
 from pptkit.data.parts import PartialStore, parts_folder
 from pptkit.data.readers import DatasetReader, get_reader
 from pptkit.data.store import (
@@ -101,17 +99,16 @@ def run_preprocess(opts: PreprocessOptions) -> Path:
     parts = PartialStore.open(parts_folder(output), meta, opts.resume)
     todo = [item for item in items if group_name(item) not in parts.done]
     if parts.done:
-        console.print(f"resuming {escape(str(parts.folder))}: {len(items) - len(todo)} of "
-                      f"{len(items)} items done", highlight=False, soft_wrap=True)
+        console.print(f"resuming {parts.folder}: {len(items) - len(todo)} of "
+                      f"{len(items)} items done")
     try:
         with _deferred_interrupt() as check_interrupt, \
                 closing(_process(job, todo, opts.workers, check_interrupt)) as records:
             for item, record in track(records, f"preprocess {reader.name}", total=len(todo)):
                 parts.add(item, record)
                 if opts.verbose and isinstance(record, VoxelScene):
-                    console.print(f"{escape(item)}: {len(record.inverse):,} points -> "
-                                  f"{len(record.coord):,} voxels", highlight=False,
-                                  soft_wrap=True)
+                    console.print(f"{item}: {len(record.inverse):,} points -> "
+                                  f"{len(record.coord):,} voxels")
                 check_interrupt()
         parts.merge(items, output, lambda names: track(names, f"merge {reader.name}"))
     except InputError as exc:
@@ -122,8 +119,8 @@ def run_preprocess(opts: PreprocessOptions) -> Path:
                          f"{parts.folder}: fix the input and run again with --resume") from None
     except BaseException:
         if parts.done:
-            console.print(f"partial output kept in {escape(str(parts.folder))}; run again with "
-                          "--resume to continue", highlight=False, soft_wrap=True)
+            console.print(f"partial output kept in {parts.folder}; run again with "
+                          "--resume to continue")
         raise
     return output
 
