@@ -273,7 +273,10 @@ def stored_scenes(path: Path, with_segment: bool = True):
     f, _ = open_store(path)
     with f:
         for group in complete_groups(f):
-            yield str(f[group].attrs["name"]), (f[group]["segment"][()] if with_segment else None)
+            try:
+                yield str(f[group].attrs["name"]), (f[group]["segment"][()] if with_segment else None)
+            except (OSError, KeyError) as exc:
+                raise InputError(f"cannot read scene '{group}': {exc}", path) from None
 
 
 def store_label_map(store_classes, model_classes: list[str]) -> np.ndarray:
@@ -289,6 +292,9 @@ def check_memory(opts: IncrementalOptions, recipe: IncrementalRecipe, base: Base
     if opts.memory < 0:
         raise InputError(f"must be >= 0, got {opts.memory}", "--memory")
     if opts.memory == 0:
+        if opts.memory_data is not None:
+            raise InputError("is given but --memory is 0: say how many instances per old class to keep",
+                             "--memory-data")
         return None
     banks = [base.memory] if base.memory is not None else []
     if opts.memory_data is not None:
@@ -648,8 +654,11 @@ def _train(opts: IncrementalOptions, setup: RunSetup[IncrementalRecipe], inputs:
     base, dataset = inputs.base, inputs.dataset
     old_labels, labels = extend_label_space(base, dataset, inputs.new_classes)
     class_names = {d: list(n) for d, n in labels.class_names.items()}
-    if inputs.memory is not None and run.writer:
-        save_memory(run.path / "memory.pt", inputs.memory, inputs.old_classes)
+    if opts.verbose and dist.is_main:
+        console.print(labels.describe())
+    kept = inputs.memory if inputs.memory is not None else base.memory  # carried on for the next step
+    if kept is not None and run.writer:
+        save_memory(run.path / "memory.pt", kept, inputs.old_classes)
     text = step_text_embeddings(base, old_labels, labels, run)
     console.print(f"step {len(base.steps.get(dataset, [])) + 1} on '{dataset}': {len(inputs.old_classes)} old + "
                   f"{len(inputs.new_classes)} new classes ({', '.join(inputs.new_classes)}), "

@@ -222,6 +222,7 @@ def test_tags_json_trains_the_scenes_it_names(steps, tmp_path):
     (lambda s, t: ["--tags", write_tags(t / "t.json", {"nowhere_00": ["x"]})], "unknown scene 'nowhere_00'"),
     (lambda s, t: ["--tags", write_tags(t / "t.json", {}), "--tags-from-labels"], "not both"),
     (lambda s, t: ["--memory", "2"], "copy-paste needs old-class instances"),
+    (lambda s, t: ["--memory-data", s["base_store"]], "is given but --memory is 0"),
     (lambda s, t: ["--tags-from-labels", "--set", 'data.supervision="nope"'], "must be one of tags | labels"),
     (lambda s, t: ["--tags-from-labels", "--base", t / "none"], "checkpoint or run folder not found"),
     (lambda s, t: ["--tags-from-labels", "--data", f"s3dis={s['train']}"], "was not trained on 's3dis'"),
