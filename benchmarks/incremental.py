@@ -23,7 +23,7 @@ It also scores the pseudo masks themselves on the step rooms (ground truth used 
 zero-shot map, the activation map, the initial, refined and fused masks and the teacher, from
 the full method's final 1-step model, to show what each part contributes.
 
-Run (the scale is in the flags; the defaults take about 25 minutes on 2 cores):
+Run (the scale is in the flags; the defaults took 17 minutes with --jobs 2 on 2 shared cores):
   python benchmarks/incremental.py [--work benchmarks/.work/incremental] [--seeds 0 1 2] [--jobs 2]
 Writes benchmarks/results/incremental.md and incremental.json.
 """
@@ -324,8 +324,8 @@ def main() -> None:
     parser.add_argument("--step-rooms", type=int, default=16)
     parser.add_argument("--test-rooms", type=int, default=12)
     parser.add_argument("--grid", type=float, default=0.1, help="voxel size (m) of the stores and training")
-    parser.add_argument("--base-epochs", type=int, default=12)
-    parser.add_argument("--step-epochs", type=int, default=4)
+    parser.add_argument("--base-epochs", type=int, default=20)
+    parser.add_argument("--step-epochs", type=int, default=5)
     parser.add_argument("--memory", type=int, default=4, help="--memory B: instances per old class")
     parser.add_argument("--out", type=Path, default=RESULTS / "incremental.md")
     args = parser.parse_args()
