@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from pptkit.config import from_dict
@@ -32,6 +30,7 @@ from pptkit.eval.report import per_class_table, plot_confusion, results_table, s
 from pptkit.eval.voting import tta_views
 from pptkit.fileio import atomic_path, check_output
 from pptkit.models.label_space import UnionLabelSpace
+from pptkit.progress import stdout
 from pptkit.stages.incr_recipe import IncrementalRecipe
 from pptkit.stages.joint_train import parse_named_paths
 from pptkit.stages.ppt_model import build_model
@@ -155,9 +154,8 @@ def run_incremental_eval(opts: EvalOptions) -> dict[str, SegmentationScores]:
                        title=f"{name} (mIoU {100 * scores.miou:.1f})")
     with atomic_path(out) as tmp:
         tmp.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    stdout = Console()
     stdout.print(groups_table(group_scores))
     stdout.print(results_table(results))
     stdout.print(per_class_table(results))
-    stdout.print(f"results: {escape(str(out))}", highlight=False)
+    stdout.print(f"results: {out}")
     return results
