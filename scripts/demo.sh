@@ -33,3 +33,4 @@ echo "== evaluation on every original point of each style's validation split"
 evaldata=()
 for style in "${STYLES[@]}"; do evaldata+=(--data "$style=$DIR/h5/${style}_val.h5"); done
 $PPTKIT eval --checkpoint "$DIR/run" "${evaldata[@]}" --export-ply "$DIR/run/eval/ply"
+echo "== done: confusion matrices in $DIR/run/eval/confusion_<style>.png, coloured prediction PLYs in $DIR/run/eval/ply/<style>/"
