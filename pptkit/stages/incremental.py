@@ -43,8 +43,9 @@ from pptkit.engine.checkpoint import find_checkpoint, load_checkpoint, save_chec
 from pptkit.engine.distributed import cleanup
 from pptkit.engine.run_dir import RunDir
 from pptkit.engine.sampler import epoch_schedule
+from pptkit.engine.schedules import lr_schedule
 from pptkit.engine.setup import RunSetup, open_run
-from pptkit.engine.trainer import LoopConfig, StepResult, TrainState, restore, train, unwrap
+from pptkit.engine.trainer import LoopConfig, StepResult, TrainState, check_ranks_agree, restore, train, unwrap
 from pptkit.errors import InputError
 from pptkit.models.incremental import (
     ClassActivationHead,
@@ -497,17 +498,7 @@ def _optimizer(model: IncrementalModel, recipe: IncrementalRecipe, total_steps: 
         groups.append({"params": prompt_params, "lr": o.lr * o.prompt_lr_scale})
     optimizer = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
                                 nesterov=o.nesterov)
-    if o.scheduler == "onecycle":
-        steps = max(total_steps, 3)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=[g["lr"] for g in groups], total_steps=steps,
-            pct_start=min(max(o.pct_start, 1.5 / steps), 0.5), anneal_strategy="cos",
-            div_factor=o.div_factor, final_div_factor=o.final_div_factor)
-    elif o.scheduler == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
-    else:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    return optimizer, scheduler
+    return optimizer, lr_schedule(optimizer, o.scheduler, total_steps, o.pct_start, o.div_factor, o.final_div_factor)
 
 
 # ----------------------------------------------------------------------------------------- loss
@@ -717,6 +708,7 @@ def _train(opts: IncrementalOptions, setup: RunSetup[IncrementalRecipe], inputs:
                       monitor="miou", unit="vox")
     state = train(model, optimizer, scheduler, loss_fn, batches_for_epoch, steps_per_epoch, None, run, loop,
                   state, device, dist, extra)
+    check_ranks_agree(model, state, run, dist)
     if dist.is_main:
         console.print(f"done: {state.epoch} epochs, {state.step} steps; checkpoints in {run.path}")
     return recipe

@@ -21,6 +21,7 @@ from pptkit.engine.distributed import cleanup
 from pptkit.engine.inference import evaluate_dataset
 from pptkit.engine.run_dir import RunDir
 from pptkit.engine.sampler import ScheduledBatch, epoch_schedule
+from pptkit.engine.schedules import lr_schedule
 from pptkit.engine.setup import RunSetup, open_run
 from pptkit.engine.trainer import LoopConfig, StepResult, TrainState, check_ranks_agree, restore, train
 from pptkit.errors import InputError
@@ -271,15 +272,4 @@ def _optimizer(model, recipe: PPTRecipe, total_steps: int):
         groups.append({"params": prompt_params, "lr": o.lr * o.prompt_lr_scale})
     optimizer = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
                                 nesterov=o.nesterov)
-    if o.scheduler == "onecycle":
-        # OneCycleLR needs at least one step in each phase: very short runs get a longer warm-up.
-        steps = max(total_steps, 3)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=[g["lr"] for g in groups], total_steps=steps,
-            pct_start=min(max(o.pct_start, 1.5 / steps), 0.5), anneal_strategy="cos",
-            div_factor=o.div_factor, final_div_factor=o.final_div_factor)
-    elif o.scheduler == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
-    else:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    return optimizer, scheduler
+    return optimizer, lr_schedule(optimizer, o.scheduler, total_steps, o.pct_start, o.div_factor, o.final_div_factor)
