@@ -62,12 +62,24 @@ def load_trained_model(checkpoint: Path, device: torch.device):
     return model.to(device).eval(), recipe, names, class_names, path
 
 
+def _refuse_point_transformer_checkpoints(checkpoint: Path) -> None:
+    """A finetune or pretrain .pt file is not a scene model: say what to pass instead."""
+    path = find_checkpoint(checkpoint)
+    stage = load_checkpoint(path).get("stage")
+    if stage == "finetune":
+        raise InputError("is a finetune checkpoint: evaluate its run folder or its task.safetensors", path)
+    if stage in ("autoencoder", "distill", "mae"):
+        raise InputError("is a pretraining checkpoint: fine-tune it (pptkit finetune), or pass it as the "
+                         "backbone of a task file with --task", path)
+
+
 def run_eval(opts: EvalOptions) -> dict[str, SegmentationScores] | dict[str, ClassificationScores]:
     if opts.task is not None or is_object_task(opts.checkpoint):
         return run_object_eval(opts)
     if opts.votes or opts.export is not None:
         raise InputError("is for object tasks (a finetune run folder or task file)",
                          "--votes" if opts.votes else "--export")
+    _refuse_point_transformer_checkpoints(opts.checkpoint)
     if is_incremental_run(opts.checkpoint):
         return run_incremental_eval(opts)
     torch.manual_seed(opts.seed)

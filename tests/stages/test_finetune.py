@@ -278,6 +278,20 @@ def test_eval_refuses_a_task_over_the_wrong_backbone(objects, runs, tmp_path):
     assert not out.parent.exists()
 
 
+@pytest.mark.parametrize("which, message", [
+    ("run_best", "is a finetune checkpoint: evaluate its run folder or its task.safetensors"),
+    ("backbone", "is a pretraining checkpoint: fine-tune it (pptkit finetune)"),
+])
+def test_eval_of_a_point_transformer_pt_file_says_what_to_pass(objects, runs, tmp_path, which, message):
+    checkpoint = runs["gst"] / "best.pt" if which == "run_best" else objects["backbone"]
+    result = run_cli("eval", "--checkpoint", checkpoint, "--data", f"test={objects['test']}", "--device", "cpu",
+                     "--out", tmp_path / "eval" / "results.json")
+    assert result.returncode == 2, result.stderr
+    assert f"{checkpoint}: {message}" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "eval").exists()
+
+
 @pytest.mark.slow
 def test_eval_of_an_object_task_reports_scores_plot_csv_and_votes(objects, runs, tmp_path):
     csv_path = tmp_path / "predictions.csv"
