@@ -101,6 +101,8 @@ def info(
 
 Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="More detail; tracebacks on failure.")]
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR/last.pt.")]
+Overrides = Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe field: key.path=value.")]
 
 
 @app.command("joint-train")
@@ -111,8 +113,8 @@ def joint_train(
     val: Annotated[Optional[list[str]], typer.Option("--val", help="Validation set as NAME=PATH.h5.")] = None,
     seed: Seed = 0,
     device: Device = "auto",
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR/last.pt.")] = False,
-    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe field: key.path=value.")] = None,
+    resume: Resume = False,
+    overrides: Overrides = None,
     verbose: Verbose = False,
 ) -> None:
     """Point Prompt Training: one sparse UNet on several datasets with domain prompts and PDNorm."""
@@ -138,8 +140,8 @@ def pretrain(
     crop: Annotated[Optional[int], typer.Option("--crop", help="Train on random N-point crops of scene stores.")] = None,
     seed: Seed = 0,
     device: Device = "auto",
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR/last.pt.")] = False,
-    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe field: key.path=value.")] = None,
+    resume: Resume = False,
+    overrides: Overrides = None,
     verbose: Verbose = False,
 ) -> None:
     """Self-supervised pretraining of the point-patch Transformer: ACT's two stages, or Point-MAE."""
@@ -162,8 +164,8 @@ def finetune(
     mode: Annotated[Optional[str], typer.Option("--mode", help="gst (spectral adapters + head) | full (everything) | linear (head only).")] = None,
     seed: Seed = 0,
     device: Device = "auto",
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR/last.pt.")] = False,
-    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe field: key.path=value.")] = None,
+    resume: Resume = False,
+    overrides: Overrides = None,
     verbose: Verbose = False,
 ) -> None:
     """Fine-tune a pretrained point Transformer for object classification: PointGST, full or linear."""
@@ -191,8 +193,8 @@ def incremental(
     write_base_store: Annotated[Optional[Path], typer.Option("--write-base-store", help="Step 0: write --data without --new-classes (ignored) to this .h5 for joint-train, then stop.")] = None,
     seed: Seed = 0,
     device: Device = "auto",
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR/last.pt.")] = False,
-    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe field: key.path=value.")] = None,
+    resume: Resume = False,
+    overrides: Overrides = None,
     verbose: Verbose = False,
 ) -> None:
     """Add new classes to a trained scene model from scene-level tags alone (FMWISS carried to 3D)."""

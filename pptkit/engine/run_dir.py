@@ -52,8 +52,7 @@ class RunDir:
                              self.path)
         owner = self._lock_owner() if self.writer else None  # other ranks would see rank 0's lock
         if owner is not None:
-            raise InputError(f"run folder is in use by another pptkit run ({owner}); wait for it or "
-                             "choose another --out", self.path)
+            raise self._in_use(owner)
 
     def start(self, config_toml: str, resume_step: int | None) -> None:
         """Lock the folder, write `config.toml`, and start or truncate `metrics.jsonl`."""
@@ -103,8 +102,7 @@ class RunDir:
             except FileExistsError:
                 owner = self._lock_owner()
                 if owner is not None:
-                    raise InputError(f"run folder is in use by another pptkit run ({owner}); wait for it "
-                                     "or choose another --out", self.path)
+                    raise self._in_use(owner)
                 self.lock_file.unlink(missing_ok=True)  # stale: its process is gone
                 continue
             with os.fdopen(fd, "w") as f:
@@ -112,6 +110,10 @@ class RunDir:
             self._locked = True
             return
         raise InputError("could not lock the run folder (another run is starting in it)", self.path)
+
+    def _in_use(self, owner: str) -> InputError:
+        return InputError(f"run folder is in use by another pptkit run ({owner}); wait for it or "
+                          "choose another --out", self.path)
 
     def _lock_owner(self) -> str | None:
         """'pid N on HOST' of a live run holding the lock, or None (no lock, or a stale one)."""

@@ -41,10 +41,9 @@ class EvalOptions:
     export: Path | None = None  # object tasks: the predictions as CSV
 
 
-def load_trained_model(checkpoint: Path, device: torch.device):
-    """Rebuild a joint-train model from its checkpoint alone (no text model needed)."""
-    path = find_checkpoint(checkpoint)
-    ckpt = load_checkpoint(path, device)
+def load_trained_model(path: Path, ckpt: dict, device: torch.device):
+    """Rebuild a joint-train model from its checkpoint `ckpt` (read from `path`) alone: no text
+    model needed."""
     try:
         recipe = from_dict(PPTRecipe, ckpt["config"], str(path))
         names, class_names = list(ckpt["datasets"]), ckpt["class_names"]
@@ -62,10 +61,9 @@ def load_trained_model(checkpoint: Path, device: torch.device):
     return model.to(device).eval(), recipe, names, class_names, path
 
 
-def _refuse_point_transformer_checkpoints(checkpoint: Path) -> None:
+def _refuse_point_transformer_checkpoints(path: Path, ckpt: dict) -> None:
     """A finetune or pretrain .pt file is not a scene model: say what to pass instead."""
-    path = find_checkpoint(checkpoint)
-    stage = load_checkpoint(path).get("stage")
+    stage = ckpt.get("stage")
     if stage == "finetune":
         raise InputError("is a finetune checkpoint: evaluate its run folder or its task.safetensors", path)
     if stage in ("autoencoder", "distill", "mae"):
@@ -79,12 +77,14 @@ def run_eval(opts: EvalOptions) -> dict[str, SegmentationScores] | dict[str, Cla
     if opts.votes or opts.export is not None:
         raise InputError("is for object tasks (a finetune run folder or task file)",
                          "--votes" if opts.votes else "--export")
-    _refuse_point_transformer_checkpoints(opts.checkpoint)
-    if is_incremental_run(opts.checkpoint):
+    ckpt_path = find_checkpoint(opts.checkpoint)
+    ckpt = load_checkpoint(ckpt_path)  # read once: its kind decides the report, then it builds the model
+    _refuse_point_transformer_checkpoints(ckpt_path, ckpt)
+    if is_incremental_run(ckpt):
         return run_incremental_eval(opts)
     torch.manual_seed(opts.seed)
     device = resolve_device(opts.device)
-    model, recipe, names, class_names, ckpt_path = load_trained_model(opts.checkpoint, device)
+    model, recipe, names, class_names, ckpt_path = load_trained_model(ckpt_path, ckpt, device)
     data = parse_named_paths(opts.data, "--data")
     if not data:
         raise InputError("give at least one dataset as --data NAME=PATH.h5", "--data")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -40,9 +39,9 @@ if TYPE_CHECKING:
     from pptkit.stages.evaluate import EvalOptions
 
 
-def is_incremental_run(checkpoint: Path) -> bool:
-    """True when `checkpoint` (a run folder or .pt file) was written by `pptkit incremental`."""
-    return "incremental" in load_checkpoint(find_checkpoint(checkpoint))
+def is_incremental_run(checkpoint: dict) -> bool:
+    """True when the (loaded) checkpoint was written by `pptkit incremental`."""
+    return "incremental" in checkpoint
 
 
 def class_groups(info: dict, dataset: str, class_names: list[str]) -> dict[str, list[str]]:
