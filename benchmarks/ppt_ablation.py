@@ -17,7 +17,8 @@ style. Batch order and augmentation are keyed by (seed, epoch, dataset name, pas
 by a dataset's position, so a single-style run and a joint run draw the very same batches of a
 style, with the same augmentation. Norm momentum 0.1 suits these short schedules (the paper's
 0.01 is for runs a hundred times longer), so the scores use the norms as trained: no post-hoc
-re-estimation. No validation during training: each model is its last checkpoint.
+re-estimation. Mix3D is off in every row (as in the tiny recipe: in a few hundred steps it slows
+learning, and it would double each step's points). No validation during training: each model is its last checkpoint.
 
 Data: `pptkit synth` + `pptkit preprocess` once per style into --work (reused while the
 synthesis code and the data settings are unchanged). Validation rooms: the synthesis's own val
@@ -53,7 +54,7 @@ MODEL_OVERRIDES = [
     "model.layers=[1,1,1,1,1,1,1,1]", "model.context_channels=32",
     "model.norm_momentum=0.1",
     "data.batch_size=2", "data.num_workers=0", "data.point_max=40000", "data.augment=true",
-    "data.ratios={structured3d=1,scannet=1,s3dis=1}",
+    "data.ratios={structured3d=1,scannet=1,s3dis=1}", "data.mix_prob=0.0",
     "train.eval_every=1000", "train.log_every=20", "train.amp=false",
     "optim.lr=0.05", "optim.scheduler=onecycle",
 ]
