@@ -1,16 +1,19 @@
 """Weakly incremental segmentation (FMWISS carried to points) on synthetic ScanNet-style rooms.
 
-Protocol (15-5 in the 3D class-incremental style): the last five ScanNet classes of the label
-order (shower curtain, toilet, sink, bathtub, otherfurniture) are new. Three disjoint pools of
-rooms (synthesis seeds 1000+, 2000+, 3000+ per benchmark seed):
+Protocol (15-5 in the 3D class-incremental style): five of the ScanNet classes are new, kept in
+label order (cabinet, chair, bookshelf, desk, curtain). Not the label order's last five, as
+ScanNet 15-5 takes: in the synthetic ScanNet-style rooms those (shower curtain, toilet, sink,
+bathtub, otherfurniture) are in at most a few rooms, or none (shower curtain), so no method, not
+even the full-label upper bound, could learn them; the five here are in half or more of the
+rooms. Three disjoint pools of rooms (synthesis seeds 1000+, 2000+, 3000+ per benchmark seed):
 
 - base rooms: a step-0 store without the new classes (`pptkit incremental --write-base-store`),
   on which `pptkit joint-train` trains the base model (recipes/incr-base-tiny.toml);
 - step rooms: the new data, used only through their tags (`--tags-from-labels`, overlap setting);
 - test rooms: scored by `pptkit eval` on every original point (base / novel / all mIoU).
 
-Schedules: 15-5 in one step, and 15-3-2 in two steps (shower curtain, toilet, sink; then
-bathtub, otherfurniture). Methods, every one through `pptkit incremental` with the same
+Schedules: 15-5 in one step, and 15-3-2 in two steps (cabinet, chair, bookshelf; then desk,
+curtain). Methods, every one through `pptkit incremental` with the same
 recipe (recipes/incr-tiny.toml) and schedule:
 
 - fine-tuning on initial masks (lower bound): refinement, teacher, distillation, copy-paste off;
@@ -46,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 BASE_RECIPE = ROOT / "recipes" / "incr-base-tiny.toml"
 STEP_RECIPE = ROOT / "recipes" / "incr-tiny.toml"
-NEW = ["shower curtain", "toilet", "sink", "bathtub", "otherfurniture"]
+NEW = ["cabinet", "chair", "bookshelf", "desk", "curtain"]
 SCHEDULES = {"15-5": [NEW], "15-3-2": [NEW[:3], NEW[3:]]}
 
 FULL: list[str] = []

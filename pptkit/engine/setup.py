@@ -3,7 +3,7 @@ checkpoint to resume from, and the recipe (which must equal the checkpoint's whe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -16,6 +16,17 @@ from pptkit.engine.run_dir import RunDir
 from pptkit.errors import InputError
 
 R = TypeVar("R")
+
+
+@dataclass(kw_only=True)
+class RunOptions:
+    """What every training command takes besides its own inputs; each stage's options extend it."""
+
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    resume: bool = False  # continue from RUN_DIR/last.pt
+    overrides: list[str] = field(default_factory=list)  # --set key.path=value
+    verbose: bool = False
 
 
 @dataclass

@@ -22,7 +22,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from pptkit.data.transforms import Compose, RandomRotate, RandomScale, RandomShi
 from pptkit.engine.checkpoint import find_checkpoint, load_checkpoint
 from pptkit.engine.distributed import DistInfo, all_reduce_sum, cleanup
 from pptkit.engine.object_batches import PointBatch, PointBatches, PointSource, epoch_batches, ordered_batches, point_loader
-from pptkit.engine.setup import RunSetup, open_run
+from pptkit.engine.setup import RunOptions, RunSetup, open_run
 from pptkit.engine.trainer import LoopConfig, StepResult, TrainState, check_ranks_agree, restore, train
 from pptkit.errors import InputError
 from pptkit.eval.metrics import ConfusionMatrix, classification_scores
@@ -57,17 +57,12 @@ OPTIONAL_ENCODER_KEYS = frozenset({"cls_token", "cls_pos"})
 
 
 @dataclass
-class FinetuneOptions:
+class FinetuneOptions(RunOptions):
     recipe: Path | None
     checkpoint: Path | None  # pretrain run folder or checkpoint file; on --resume the run's own by default
     data: list[str]  # train=PATH.h5 (required), val=PATH.h5
     out: Path
     mode: str | None = None  # overrides model.mode
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = False
-    overrides: list[str] = field(default_factory=list)
-    verbose: bool = False
 
 
 # --- the backbone ------------------------------------------------------------------------------

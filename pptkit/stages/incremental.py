@@ -22,7 +22,7 @@ classes, for `pptkit joint-train` (recipes/incr-base-tiny.toml is such a recipe)
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +44,7 @@ from pptkit.engine.distributed import cleanup
 from pptkit.engine.run_dir import RunDir
 from pptkit.engine.sampler import epoch_schedule
 from pptkit.engine.schedules import lr_schedule
-from pptkit.engine.setup import RunSetup, open_run
+from pptkit.engine.setup import RunOptions, RunSetup, open_run
 from pptkit.engine.trainer import LoopConfig, StepResult, TrainState, check_ranks_agree, restore, train, unwrap
 from pptkit.errors import InputError
 from pptkit.models.incremental import (
@@ -78,7 +78,7 @@ from pptkit.stages.ppt_recipe import ModelConfig, PPTRecipe
 
 
 @dataclass
-class IncrementalOptions:
+class IncrementalOptions(RunOptions):
     new_classes: str  # comma-separated class names
     data: str  # [NAME=]PATH.h5: the step-t scenes
     out: Path | None = None
@@ -89,11 +89,6 @@ class IncrementalOptions:
     memory: int = 0  # instances kept per old class for copy-paste
     memory_data: Path | None = None  # labelled store to cut old-class instances from
     write_base_store: Path | None = None  # step 0: write the base store and stop
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = False
-    overrides: list[str] = field(default_factory=list)
-    verbose: bool = False
 
 
 @dataclass

@@ -22,7 +22,7 @@ from pptkit.engine.inference import evaluate_dataset
 from pptkit.engine.run_dir import RunDir
 from pptkit.engine.sampler import ScheduledBatch, epoch_schedule
 from pptkit.engine.schedules import lr_schedule
-from pptkit.engine.setup import RunSetup, open_run
+from pptkit.engine.setup import RunOptions, RunSetup, open_run
 from pptkit.engine.trainer import LoopConfig, StepResult, TrainState, check_ranks_agree, restore, train
 from pptkit.errors import InputError
 from pptkit.models.label_space import UnionLabelSpace
@@ -33,16 +33,11 @@ from pptkit.stages.ppt_recipe import DatasetTransformConfig, PPTRecipe
 
 
 @dataclass
-class JointTrainOptions:
+class JointTrainOptions(RunOptions):
     recipe: Path | None
     data: list[str]  # NAME=PATH.h5, training splits
     out: Path
     val: list[str] = field(default_factory=list)  # NAME=PATH.h5, validation splits
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = False
-    overrides: list[str] = field(default_factory=list)
-    verbose: bool = False
 
 
 def parse_named_paths(items: list[str], option: str) -> dict[str, Path]:

@@ -40,7 +40,7 @@ from pptkit.engine.object_batches import (
     ordered_batches,
     point_loader,
 )
-from pptkit.engine.setup import RunSetup, open_run
+from pptkit.engine.setup import RunOptions, RunSetup, open_run
 from pptkit.engine.trainer import LoopConfig, StepResult, TrainState, check_ranks_agree, restore, train
 from pptkit.errors import InputError
 from pptkit.models.act import (
@@ -63,7 +63,7 @@ STAGES = ("autoencoder", "distill", "mae")
 
 
 @dataclass
-class PretrainOptions:
+class PretrainOptions(RunOptions):
     recipe: Path | None
     data: list[Path]  # training stores (objects, or scenes with `crop`)
     out: Path
@@ -72,11 +72,6 @@ class PretrainOptions:
     autoencoder: Path | None = None  # distill: the finished stage-I run
     teacher: str | None = None  # stage I: the teacher spec; distill: where the stage-I teacher is now
     crop: int | None = None  # points per random crop of scene stores
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = False
-    overrides: list[str] = field(default_factory=list)
-    verbose: bool = False
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from pptkit.config import load_recipe
 from pptkit.data.dataset import SceneDataset
