@@ -196,13 +196,19 @@ def cli_command(*args) -> list[str]:
     return [sys.executable, "-c", "from pptkit.cli import main; main()", "--quiet", *map(str, args)]
 
 
+def sigint_as_a_terminal_sends_it() -> None:
+    """Child set-up: a shell's background job (CI runners, `cmd &`) starts with SIGINT ignored,
+    and Python keeps an inherited ignore; these tests press Ctrl-C, so restore the default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_training(style_data, run: Path, epochs: int = 50) -> subprocess.Popen:
     """A joint-train run in a subprocess that logs every step, for interrupting."""
     cmd = cli_command("joint-train", "--recipe", RECIPE, "--out", run, "--device", "cpu",
                       "--data", f"scannet={style_data['scannet']['train']}",
                       *[arg for item in TINY + [f"train.epochs={epochs}"] for arg in ("--set", item)])
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=sigint_as_a_terminal_sends_it)
 
 
 def wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -253,7 +259,8 @@ def test_ctrl_c_during_eval_exits_130_with_one_line(style_data, tmp_path):
     run_joint_train(options({"scannet": style_data["scannet"]}, run, epochs=1, val=False))
     proc = subprocess.Popen(cli_command("eval", "--checkpoint", run, "--device", "cpu", "--tta",
                                         "--data", f"scannet={style_data['scannet']['train']}"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_as_a_terminal_sends_it)
     first = proc.stderr.readline()  # the first progress line: eval is predicting scene 1 of 4
     assert "1/4" in first, first
     proc.send_signal(signal.SIGINT)
