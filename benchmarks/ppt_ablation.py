@@ -18,7 +18,8 @@ by a dataset's position, so a single-style run and a joint run draw the very sam
 style, with the same augmentation. Norm momentum 0.1 suits these short schedules (the paper's
 0.01 is for runs a hundred times longer), so the scores use the norms as trained: no post-hoc
 re-estimation. Mix3D is off in every row (as in the tiny recipe: in a few hundred steps it slows
-learning, and it would double each step's points). No validation during training: each model is its last checkpoint.
+learning, and it would double each step's points). No validation during training: each model is
+its last checkpoint.
 
 Data: `pptkit synth` + `pptkit preprocess` once per style into --work (reused while the
 synthesis code and the data settings are unchanged). Validation rooms: the synthesis's own val

@@ -81,7 +81,7 @@ def run_eval(opts: EvalOptions) -> dict[str, SegmentationScores] | dict[str, Cla
     ckpt = load_checkpoint(ckpt_path)  # read once: its kind decides the report, then it builds the model
     _refuse_point_transformer_checkpoints(ckpt_path, ckpt)
     if is_incremental_run(ckpt):
-        return run_incremental_eval(opts)
+        return run_incremental_eval(opts, ckpt_path, ckpt)
     torch.manual_seed(opts.seed)
     device = resolve_device(opts.device)
     model, recipe, names, class_names, ckpt_path = load_trained_model(ckpt_path, ckpt, device)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,7 +21,6 @@ from pptkit.config import from_dict
 from pptkit.data.classes import IGNORE_INDEX
 from pptkit.data.dataset import SceneDataset
 from pptkit.data.tags import canonical_class_name
-from pptkit.engine.checkpoint import find_checkpoint, load_checkpoint
 from pptkit.engine.distributed import DistInfo, resolve_device
 from pptkit.engine.inference import evaluate_dataset
 from pptkit.errors import InputError
@@ -91,11 +91,10 @@ class RelabelledScenes:
         return {**sample, "segment": self._map(sample["segment"]), "point_segment": self._map(sample["point_segment"])}
 
 
-def run_incremental_eval(opts: EvalOptions) -> dict[str, SegmentationScores]:
+def run_incremental_eval(opts: EvalOptions, ckpt_path: Path, ckpt: dict) -> dict[str, SegmentationScores]:
+    """Score an incremental run's checkpoint `ckpt` (read from `ckpt_path` by `run_eval`)."""
     torch.manual_seed(opts.seed)
     device = resolve_device(opts.device)
-    ckpt_path = find_checkpoint(opts.checkpoint)
-    ckpt = load_checkpoint(ckpt_path)
     try:
         info = ckpt["incremental"]
         recipe = from_dict(IncrementalRecipe, ckpt["config"], str(ckpt_path))
