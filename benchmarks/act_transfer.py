@@ -10,8 +10,10 @@ For every seed, through `pptkit pretrain` itself (`run_pretrain`, the CLI's path
 Each encoder is then frozen and scored by a linear probe: its [cls ‖ max-pool] features of
 1 farthest-point sample per object (no augmentation) -> standardised -> logistic regression
 (scikit-learn; a deterministic full-batch torch softmax regression when scikit-learn is absent)
-fitted on a training split, accuracy on the held-out split. Pretraining sees the training
-splits only, without labels.
+fitted on a training split, accuracy on the held-out split; and few-shot probes, the same
+regression fitted on k random training objects per class (--shots, mean of --draws draws), the
+regime where pretraining is expected to matter most. Pretraining sees the training splits only, without labels, and
+--unlabelled-per-class more synthetic objects (other shapes, synthesis seed 1) that no probe uses.
 
 Data (built once under --work): synthetic ModelNet-style objects (`pptkit synth --style objects`
 -> `pptkit preprocess --dataset modelnet40`, --per-class shapes of each of 18 classes, every
@@ -23,8 +25,9 @@ Also measured, each in a fresh process (so peaks do not mix): the wall time (med
 a warm-up) and the peak resident memory of one optimiser step at batch 32 for every stage.
 
 Run: python benchmarks/act_transfer.py [--seeds 0 1 2] [--steps 200] [--ae-steps 200]
-         [--per-class 15] [--recipe recipes/act-tiny.toml] [--set key=value ...] [--device cpu]
-Writes benchmarks/results/act_transfer.md and act_transfer.json (atomically); the pretrained
+         [--per-class 15] [--unlabelled-per-class 0] [--shots 1 4] [--recipe recipes/act-tiny.toml]
+         [--set key=value ...] [--device cpu] [--out benchmarks/results/act_transfer.md]
+Writes the report and its .json beside it (atomically); the pretrained
 runs (their last.pt holds the encoder under "encoder") stay in --work/seed<S>/{act,mae}.
 """
 
@@ -77,10 +80,22 @@ ENCODERS = ("random init", "Point-MAE", "ACT")
 # --- data ------------------------------------------------------------------------------------
 
 
-def build_data(work: Path, per_class: int) -> dict[str, dict[str, Path]]:
-    """{dataset: {"train": h5, "test": h5}}, built once (reused when the files exist)."""
+def build_data(work: Path, per_class: int, unlabelled_per_class: int) -> tuple[dict[str, dict[str, Path]], list[Path]]:
+    """({dataset: {"train": h5, "test": h5}}, extra unlabelled pretraining stores), built once
+    (reused when the files exist)."""
     data = work / "data"
     stores: dict[str, dict[str, Path]] = {}
+    unlabelled: list[Path] = []
+    if unlabelled_per_class:  # other synthetic shapes (synthesis seed 1): pretraining only, both splits
+        raw = None
+        for split in ("train", "test"):
+            path = data / f"unlabelled-{unlabelled_per_class}_{split}.h5"
+            if not path.exists():
+                raw = raw or run_synth(style="objects", out=data / f"raw-unlabelled-{unlabelled_per_class}",
+                                       scenes=unlabelled_per_class, seed=1, overwrite=True)
+                run_preprocess(PreprocessOptions(dataset="modelnet40", input=raw, output=path, split=split,
+                                                 overwrite=True))
+            unlabelled.append(path)
     synthetic = {split: data / f"synthetic-{per_class}_{split}.h5" for split in ("train", "test")}
     if not all(p.exists() for p in synthetic.values()):
         raw = run_synth(style="objects", out=data / f"raw-synthetic-{per_class}", scenes=per_class, seed=0,
@@ -97,7 +112,7 @@ def build_data(work: Path, per_class: int) -> dict[str, dict[str, Path]]:
                 run_preprocess(PreprocessOptions(dataset="modelnet40", input=raw, output=path, split=split,
                                                  overwrite=True))
         stores["modelnet40-sample"] = real
-    return stores
+    return stores, unlabelled
 
 
 def _modelnet_with_splits(source: Path, target: Path) -> Path:
@@ -132,12 +147,13 @@ def schedule_overrides(ae_steps: int) -> list[str]:
             f"autoencoder.kl_steps={max(1, round(0.51 * ae_steps))}"]
 
 
-def pretrain(args, stores: dict[str, dict[str, Path]], seed: int, recipe: ACTRecipe) -> dict[str, dict]:
+def pretrain(args, stores: dict[str, dict[str, Path]], unlabelled: list[Path], seed: int, recipe: ACTRecipe
+             ) -> dict[str, dict]:
     """Runs mae, autoencoder and distill for `seed`; {stage: {"run", "steps", "seconds"}}."""
     folder = args.work / f"seed{seed}"
     if folder.exists():
         shutil.rmtree(folder)
-    train = [paths["train"] for paths in stores.values()]
+    train = [paths["train"] for paths in stores.values()] + unlabelled
     size = len(PointSource(train, recipe.data.num_points, recipe.data.sampling))
     runs: dict[str, dict] = {}
     for stage, name, steps in (("mae", "mae", args.steps), ("autoencoder", "ae", args.ae_steps),
@@ -186,6 +202,19 @@ def probe_accuracy(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray,
             model = LogisticRegression(max_iter=5000).fit(x_train, y_train)
         predict = model.predict
     return float((predict(x_test) == y_test).mean() * 100)
+
+
+def few_shot_accuracy(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], shots: int,
+                      draws: int, seed: int) -> float:
+    """Mean held-out accuracy (%) of probes fitted on `shots` random training objects per class
+    (classes with fewer keep all of theirs), over `draws` draws."""
+    x, y = train
+    rng = np.random.default_rng([seed, shots])
+    scores = []
+    for _ in range(draws):
+        chosen = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:shots] for c in np.unique(y)])
+        scores.append(probe_accuracy((x[chosen], y[chosen]), test))
+    return float(np.mean(scores))
 
 
 def _torch_softmax_regression(x: np.ndarray, y: np.ndarray, l2: float = 1e-3):
@@ -281,7 +310,7 @@ def measure_steps(args) -> list[dict]:
     results = []
     for stage in STAGES:
         cmd = [sys.executable, __file__, "--time-step", stage, "--work", str(args.work), "--recipe", str(args.recipe),
-               "--per-class", str(args.per_class), "--batch", str(args.batch), "--device", args.device,
+               "--per-class", str(args.per_class), "--unlabelled-per-class", str(args.unlabelled_per_class), "--batch", str(args.batch), "--device", args.device,
                "--threads", str(args.threads), *[a for item in args.set for a in ("--set", item)]]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
@@ -298,10 +327,29 @@ def mean_std(values: list[float]) -> str:
     return f"{np.mean(values):.1f} ± {np.std(values):.1f}"
 
 
-def report(args, recipe: ACTRecipe, stores, accuracy, runs, steps, wall: float) -> str:
+def probe_columns(stores: dict[str, dict[str, Path]], recipe: ACTRecipe, shots: list[int]
+                  ) -> dict[str, tuple[str, int | None]]:
+    """{column title: (dataset, shots or None for every label)}: a few-shot column only where
+    every class of the dataset has more training objects than the shots."""
+    columns: dict[str, tuple[str, int | None]] = {}
+    for dataset, paths in stores.items():
+        source = PointSource([paths["train"]], recipe.data.num_points, "fps")
+        labels = np.concatenate([batch.labels.numpy() for batch in point_loader(
+            PointBatches(source, ordered_batches(len(source), 256), None, 0, 0), 0)])
+        test = len(PointSource([paths["test"]], recipe.data.num_points, "fps"))
+        columns[f"{dataset} ({len(labels)} train / {test} test)"] = (dataset, None)
+        fewest = np.bincount(labels)[np.unique(labels)].min()
+        for k in shots:
+            if k < fewest:
+                columns[f"{dataset}, {k}-shot"] = (dataset, k)
+    return columns
+
+
+def report(args, recipe: ACTRecipe, stores, unlabelled, columns, accuracy, runs, steps, wall: float) -> str:
     datasets = list(stores)
     sizes = {d: {s: len(PointSource([stores[d][s]], recipe.data.num_points, "fps")) for s in ("train", "test")}
              for d in datasets}
+    extra = len(PointSource(unlabelled, recipe.data.num_points, "fps")) if unlabelled else 0
     seeds = ", ".join(map(str, args.seeds))
     first = runs[args.seeds[0]]
     lines = [
@@ -315,22 +363,25 @@ def report(args, recipe: ACTRecipe, stores, accuracy, runs, steps, wall: float) 
         + f": {recipe.data.num_points} points, {recipe.patches.num_groups} patches of {recipe.patches.group_size}, "
         f"student {recipe.encoder.depth} blocks x {recipe.encoder.embed_dim}, teacher `{recipe.autoencoder.teacher}`"
         f" ({recipe.autoencoder.teacher_depth or 'all'} blocks), {recipe.autoencoder.num_prompts} prompts. "
-        f"Pretraining on the pooled training splits ({sum(sizes[d]['train'] for d in datasets)} objects, "
-        f"no labels): Point-MAE {first['mae']['steps']} steps; ACT stage I {first['autoencoder']['steps']} + "
-        f"stage II {first['distill']['steps']} steps; batch {recipe.mae.batch_size}; seeds {seeds}; "
+        f"Pretraining on the pooled training splits"
+        + (f" and {extra} more synthetic objects" if extra else "")
+        + f" ({sum(sizes[d]['train'] for d in datasets) + extra} objects, no labels): "
+        f"Point-MAE {first['mae']['steps']} steps; ACT stage I {first['autoencoder']['steps']} + stage II {first['distill']['steps']} steps; batch {recipe.mae.batch_size}; seeds {seeds}; "
         f"device {args.device}. Whole benchmark: {wall / 60:.1f} min on {platform.machine()} "
         f"({os.cpu_count()} cores, shared).",
         "",
         "## Linear-probe accuracy (%), mean ± std over seeds",
         "",
-        "| encoder | " + " | ".join(f"{d} ({sizes[d]['train']} train / {sizes[d]['test']} test)" for d in datasets) + " |",
-        "|---|" + "---:|" * len(datasets),
+        f"k-shot: the probe fitted on k random training objects per class, mean of {args.draws} draws per seed.",
+        "",
+        "| encoder | " + " | ".join(columns) + " |",
+        "|---|" + "---:|" * len(columns),
     ]
     for name in ENCODERS:
-        lines.append(f"| {name} | " + " | ".join(mean_std(accuracy[d][name]) for d in datasets) + " |")
+        lines.append(f"| {name} | " + " | ".join(mean_std(accuracy[c][name]) for c in columns) + " |")
     lines += ["", f"Per seed ({seeds}): " + "; ".join(
-        f"{d}: " + ", ".join(f"{name} " + "/".join(f"{v:.1f}" for v in accuracy[d][name]) for name in ENCODERS)
-        for d in datasets) + ".", ""]
+        f"{c}: " + ", ".join(f"{name} " + "/".join(f"{v:.1f}" for v in accuracy[c][name]) for name in ENCODERS)
+        for c in columns) + ".", ""]
     mae_time = next(s["seconds"] for s in steps if s["stage"] == "mae")
     lines += [
         f"## One optimiser step at batch {args.batch} ({args.device}, {args.threads} thread(s)), fresh process per stage",
@@ -358,37 +409,47 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="Point-MAE and ACT stage-II steps")
     parser.add_argument("--ae-steps", type=int, default=200, help="ACT stage-I steps")
     parser.add_argument("--per-class", type=int, default=15, help="synthetic objects per class (18 classes)")
+    parser.add_argument("--unlabelled-per-class", type=int, default=0,
+                        help="extra synthetic objects per class, pretraining only (synthesis seed 1)")
+    parser.add_argument("--shots", type=int, nargs="*", default=[1, 4],
+                        help="few-shot probes: labelled training objects per class (datasets with more per class)")
+    parser.add_argument("--draws", type=int, default=10, help="random draws per few-shot probe")
     parser.add_argument("--batch", type=int, default=32, help="batch of the one-step measurement")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=RESULTS / "act_transfer.md", help="report (and its .json beside)")
     parser.add_argument("--time-step", choices=STAGES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.recipe = args.recipe.resolve()
     recipe = load_recipe(args.recipe, ACTRecipe, args.set)
     set_quiet(True)
-    stores = build_data(args.work, args.per_class)
+    stores, unlabelled = build_data(args.work, args.per_class, args.unlabelled_per_class)
     if args.time_step:
         print(json.dumps(time_one_step(args.time_step, args, recipe, stores)))
         return
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    accuracy = {d: {name: [] for name in ENCODERS} for d in stores}
+    columns = probe_columns(stores, recipe, args.shots)
+    accuracy = {column: {name: [] for name in ENCODERS} for column in columns}
     runs = {}
     for seed in args.seeds:
-        runs[seed] = pretrain(args, stores, seed, recipe)
+        runs[seed] = pretrain(args, stores, unlabelled, seed, recipe)
         for name, encoder in encoders_of(seed, runs[seed], recipe).items():
             for dataset, paths in stores.items():
                 train = features(encoder, paths["train"], recipe, torch.device(args.device))
                 test = features(encoder, paths["test"], recipe, torch.device(args.device))
-                accuracy[dataset][name].append(probe_accuracy(train, test))
-        print(f"seed {seed}: " + "; ".join(f"{d} " + ", ".join(f"{n} {accuracy[d][n][-1]:.1f}" for n in ENCODERS)
-                                           for d in stores), flush=True)
+                for column, (of, shots) in columns.items():
+                    if of == dataset:
+                        accuracy[column][name].append(probe_accuracy(train, test) if shots is None
+                                                      else few_shot_accuracy(train, test, shots, args.draws, seed))
+        print(f"seed {seed}: " + "; ".join(f"{c} " + ", ".join(f"{n} {accuracy[c][n][-1]:.1f}" for n in ENCODERS)
+                                           for c in columns), flush=True)
     steps = measure_steps(args)
-    text = report(args, recipe, stores, accuracy, runs, steps, time.perf_counter() - started)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(RESULTS / "act_transfer.md", text)
-    write_text_atomic(RESULTS / "act_transfer.json", json.dumps({
+    text = report(args, recipe, stores, unlabelled, columns, accuracy, runs, steps, time.perf_counter() - started)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(args.out, text)
+    write_text_atomic(args.out.with_suffix(".json"), json.dumps({
         "argv": sys.argv[1:], "accuracy": accuracy, "steps": steps,
         "runs": {str(s): {k: {**v, "run": str(v["run"])} for k, v in r.items()} for s, r in runs.items()},
     }, indent=2) + "\n")
