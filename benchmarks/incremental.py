@@ -26,7 +26,7 @@ It also scores the pseudo masks themselves on the step rooms (ground truth used 
 zero-shot map, the activation map, the initial, refined and fused masks and the teacher, from
 the full method's final 1-step model, to show what each part contributes.
 
-Run (the scale is in the flags; the defaults took 17 minutes with --jobs 2 on 2 shared cores):
+Run (the scale is in the flags; the README has the latest run's time):
   python benchmarks/incremental.py [--work benchmarks/.work/incremental] [--seeds 0 1 2] [--jobs 2]
 Writes benchmarks/results/incremental.md and incremental.json.
 """
