@@ -12,8 +12,9 @@ Each encoder is then frozen and scored by a linear probe: its [cls ‖ max-pool]
 (scikit-learn; a deterministic full-batch torch softmax regression when scikit-learn is absent)
 fitted on a training split, accuracy on the held-out split; and few-shot probes, the same
 regression fitted on k random training objects per class (--shots, mean of --draws draws), the
-regime where pretraining is expected to matter most. Pretraining sees the training splits only, without labels, and
---unlabelled-per-class more synthetic objects (other shapes, synthesis seed 1) that no probe uses.
+regime where pretraining is expected to matter most. Pretraining sees the training splits only,
+without labels, and --unlabelled-per-class more synthetic objects (other shapes, synthesis seed
+1) that no probe uses.
 
 Data (built once under --work): synthetic ModelNet-style objects (`pptkit synth --style objects`
 -> `pptkit preprocess --dataset modelnet40`, --per-class shapes of each of 18 classes, every
@@ -80,7 +81,8 @@ ENCODERS = ("random init", "Point-MAE", "ACT")
 # --- data ------------------------------------------------------------------------------------
 
 
-def build_data(work: Path, per_class: int, unlabelled_per_class: int) -> tuple[dict[str, dict[str, Path]], list[Path]]:
+def build_data(work: Path, per_class: int, unlabelled_per_class: int
+               ) -> tuple[dict[str, dict[str, Path]], list[Path]]:
     """({dataset: {"train": h5, "test": h5}}, extra unlabelled pretraining stores), built once
     (reused when the files exist)."""
     data = work / "data"
@@ -310,7 +312,8 @@ def measure_steps(args) -> list[dict]:
     results = []
     for stage in STAGES:
         cmd = [sys.executable, __file__, "--time-step", stage, "--work", str(args.work), "--recipe", str(args.recipe),
-               "--per-class", str(args.per_class), "--unlabelled-per-class", str(args.unlabelled_per_class), "--batch", str(args.batch), "--device", args.device,
+               "--per-class", str(args.per_class), "--unlabelled-per-class", str(args.unlabelled_per_class),
+               "--batch", str(args.batch), "--device", args.device,
                "--threads", str(args.threads), *[a for item in args.set for a in ("--set", item)]]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
@@ -333,9 +336,7 @@ def probe_columns(stores: dict[str, dict[str, Path]], recipe: ACTRecipe, shots: 
     every class of the dataset has more training objects than the shots."""
     columns: dict[str, tuple[str, int | None]] = {}
     for dataset, paths in stores.items():
-        source = PointSource([paths["train"]], recipe.data.num_points, "fps")
-        labels = np.concatenate([batch.labels.numpy() for batch in point_loader(
-            PointBatches(source, ordered_batches(len(source), 256), None, 0, 0), 0)])
+        labels = PointSource([paths["train"]], recipe.data.num_points, "fps").labels  # no points loaded
         test = len(PointSource([paths["test"]], recipe.data.num_points, "fps"))
         columns[f"{dataset} ({len(labels)} train / {test} test)"] = (dataset, None)
         fewest = np.bincount(labels)[np.unique(labels)].min()
@@ -366,7 +367,8 @@ def report(args, recipe: ACTRecipe, stores, unlabelled, columns, accuracy, runs,
         f"Pretraining on the pooled training splits"
         + (f" and {extra} more synthetic objects" if extra else "")
         + f" ({sum(sizes[d]['train'] for d in datasets) + extra} objects, no labels): "
-        f"Point-MAE {first['mae']['steps']} steps; ACT stage I {first['autoencoder']['steps']} + stage II {first['distill']['steps']} steps; batch {recipe.mae.batch_size}; seeds {seeds}; "
+        f"Point-MAE {first['mae']['steps']} steps; ACT stage I {first['autoencoder']['steps']} + "
+        f"stage II {first['distill']['steps']} steps; batch {recipe.mae.batch_size}; seeds {seeds}; "
         f"device {args.device}. Whole benchmark: {wall / 60:.1f} min on {platform.machine()} "
         f"({os.cpu_count()} cores, shared).",
         "",
@@ -417,7 +419,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32, help="batch of the one-step measurement")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, default=RESULTS / "act_transfer.md", help="report (and its .json beside)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "act_transfer.md",
+                        help="report (and its .json beside)")
     parser.add_argument("--time-step", choices=STAGES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.recipe = args.recipe.resolve()
