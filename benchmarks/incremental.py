@@ -205,7 +205,7 @@ def diagnose_masks(run: Path, base: Path, store: Path, new: list[str], grid: flo
     from pptkit.engine.checkpoint import load_checkpoint
     from pptkit.models.incremental import ClassActivationHead, PlugInTeacherHead, backbone_features
     from pptkit.models.pseudo_masks import (activation_map, fuse_masks, initial_labels, initial_scores,
-                                            limit_labels, refine_masks, zero_shot_scores)
+                                            limit_labels, novelty, refine_masks, zero_shot_scores)
     from pptkit.stages.incr_recipe import IncrementalRecipe
     from pptkit.stages.incremental import build_old_model, build_student, collate_step, extend_label_space, load_base_run
 
@@ -219,17 +219,20 @@ def diagnose_masks(run: Path, base: Path, store: Path, new: list[str], grid: flo
     student.load_state_dict({k[len("student."):]: v for k, v in state.items() if k.startswith("student.")})
     student.eval()
     num_old, num_new = len(info.class_names["scannet"]), len(new)
-    cam = ClassActivationHead(student.backbone.out_channels, num_old + num_new)
+    cam = ClassActivationHead(student.backbone.out_channels, num_new)
     cam.load_state_dict({k[len("cam."):]: v for k, v in state.items() if k.startswith("cam.")})
-    t = recipe.teacher
-    teacher = PlugInTeacherHead(student.backbone.out_channels, num_new, t.hidden_channels, t.embed_channels)
-    teacher.load_state_dict({k[len("teacher."):]: v for k, v in state.items() if k.startswith("teacher.")})
-    teacher.eval()
+    teacher = None
+    if recipe.teacher.enabled:
+        t = recipe.teacher
+        teacher = PlugInTeacherHead(student.backbone.out_channels, num_new, t.hidden_channels, t.embed_channels)
+        teacher.load_state_dict({k[len("teacher."):]: v for k, v in state.items() if k.startswith("teacher.")})
+        teacher.eval()
     text = student.head.text_embeddings[student.head.dataset_to_union[0]][num_old:]
     scenes = SceneDataset(store)
     new_labels = [list(scenes.class_names).index(c) for c in new]
-    counts = {k: np.zeros((num_new, 2)) for k in ("zero-shot map", "activation map", "initial masks",
-                                                  "refined masks", "fused masks", "teacher")}
+    stages = ["zero-shot map", "activation map", "initial masks", "refined masks", "fused masks"]
+    counts = {k: np.zeros((num_new, 2)) for k in stages + (["teacher"] if teacher is not None else [])}
+    uncertain = np.zeros(2)  # where: u(x) >= masks.novelty_threshold against "any new class"
     generator = torch.Generator().manual_seed(seed)
     r = recipe.refine
     for i in range(len(scenes)):
@@ -252,27 +255,33 @@ def diagnose_masks(run: Path, base: Path, store: Path, new: list[str], grid: flo
             embed = F.normalize(old.head.proj(old_feats), dim=1)[batch.inverse]
             allowed = batch.tags[batch.scene]
             feats = backbone_features(student, batch.input, 0)
-            zero_shot = zero_shot_scores(embed, text, old.head.scale, old_prob, allowed)
-            cam_map = activation_map(cam(feats)[batch.inverse], num_old, allowed)
-            scores = initial_scores(zero_shot, cam_map, allowed, recipe.masks.zero_shot_weight)
+            u = novelty(old_prob)
+            zero_shot = zero_shot_scores(embed, text, old.head.scale, allowed)
+            cam_map = activation_map(cam(feats)[batch.inverse], allowed)
+            scores = initial_scores(u, zero_shot, cam_map, allowed, recipe.masks.zero_shot_weight)
             initial = limit_labels(initial_labels(scores, recipe.masks.threshold), scores, recipe.masks.max_fraction)
             refined, affinity = refine_masks(scores, batch.tags[0], old_feats[batch.inverse], batch.superpoint,
                                              r.seeds, r.seed_candidates, r.threshold, generator,
                                              recipe.masks.max_fraction)
-            teacher_prob = teacher(feats)[0][batch.inverse].sigmoid() * allowed
             predictions = {
-                "zero-shot map": initial_labels(zero_shot, recipe.masks.threshold),
-                "activation map": initial_labels(cam_map, recipe.masks.threshold),
+                "zero-shot map": initial_labels(initial_scores(u, zero_shot, cam_map, allowed, 1.0),
+                                                recipe.masks.threshold),
+                "activation map": initial_labels(initial_scores(u, zero_shot, cam_map, allowed, 0.0),
+                                                 recipe.masks.threshold),
                 "initial masks": initial,
                 "refined masks": fuse_masks(torch.full_like(initial, -1), scores, refined, affinity),
                 "fused masks": fuse_masks(initial, scores, refined, affinity),
-                "teacher": initial_labels(teacher_prob, 0.5),
             }
+            if teacher is not None:
+                predictions["teacher"] = initial_labels(teacher(feats)[0][batch.inverse].sigmoid() * allowed, 0.5)
+            where = (u >= recipe.masks.novelty_threshold).numpy()
+        uncertain += [(where & (gt >= 0)).sum(), (where | (gt >= 0)).sum()]
         for key, pred in predictions.items():
             pred = pred.numpy()
             for k in range(num_new):
                 counts[key][k] += [((pred == k) & (gt == k)).sum(), ((pred == k) | (gt == k)).sum()]
-    return {key: float(100 * np.mean([i / u for i, u in c if u > 0])) for key, c in counts.items()}
+    scores = {key: float(100 * np.mean([i / u for i, u in c if u > 0])) for key, c in counts.items()}
+    return {"uncertain points (any new class)": float(100 * uncertain[0] / uncertain[1]), **scores}
 
 
 def mean_std(values: list[float | None]) -> str:
@@ -312,7 +321,8 @@ def report(results: list[dict], scale: Scale, minutes: float) -> str:
             cells.append(mean_std(values))
         lines.append(f"| {METHODS[key][0]} | " + " | ".join(cells) + " |")
     lines += ["", "Pseudo-mask quality on the step rooms (IoU % with their ground truth, mean over the new "
-              "classes present; the full method's final 15-5 model):", "",
+              "classes present; the full method's final 15-5 model). First row: where, the points the old model "
+              "is unsure of (u >= masks.novelty_threshold) against the points of any new class:", "",
               "| stage | IoU |", "|---|---:|"]
     for key in results[0]["masks"]:
         values = [r["masks"][key] for r in results]

@@ -1,13 +1,13 @@
 """Model pieces of weakly incremental segmentation (FMWISS, Yu et al., CVPR 2023, carried to points).
 
-- `ClassActivationHead`: WILSON's localizer on points: per-point logits over old + new classes
-  on the student's features; the old channels learn the old model's outputs, the new ones
-  learn the scene tags alone by multiple-instance pooling (`mil_pool`: a scene's score for a
-  class is the mean of its top-scoring points'). A softmax over the old and the scene's tagged
-  classes is the activation map, so a new class has to beat the old classes where it fires.
+- `ClassActivationHead`: WILSON's localizer on points: per-point new-class logits on the
+  student's features, learned from the scene tags alone by multiple-instance pooling
+  (`mil_pool`: a scene's score for a class is the mean of its top-scoring candidate points',
+  the candidates being where the old model is unsure). A softmax over the scene's tagged
+  classes is the activation map; the old model's uncertainty, not the map, says where.
 - `PlugInTeacherHead`: a point-wise MLP on the student's backbone features that predicts the
-  new classes (per-point sigmoid, trained on the fused pseudo masks) and an embedding for the
-  dense contrastive loss. It only provides training targets and is dropped at inference.
+  new classes (per-point sigmoid, trained on the fused pseudo masks by `balanced_bce`) and an
+  embedding for the dense contrastive loss. It only provides training targets and is dropped at inference.
 - `IncrementalModel`: the student (a Point Prompt Training model whose language-guided head
   covers old + new classes) with the two heads. `forward(x, dataset)` is the student alone,
   so inference and evaluation see a plain segmentation model.
@@ -33,19 +33,24 @@ def backbone_features(model: PointPromptModel, x: SparseTensor, dataset_index: i
     return model.backbone(x).feats.feats
 
 
-def mil_pool(logits: torch.Tensor, scene: torch.Tensor, num_scenes: int, top_fraction: float) -> torch.Tensor:
+def mil_pool(logits: torch.Tensor, scene: torch.Tensor, num_scenes: int, top_fraction: float,
+             candidate: torch.Tensor | None = None) -> torch.Tensor:
     """(S, K) scene scores: per scene and class, the mean of the top `top_fraction` of its point
-    logits (at least one point). `scene` (N,) gives each point's scene in 0..S-1."""
+    logits (at least one point). `scene` (N,) gives each point's scene in 0..S-1; `candidate` (N,)
+    bool restricts the pool to those points in scenes that have any."""
     pooled = []
     for s in range(num_scenes):
-        rows = logits[scene == s]
+        mine = scene == s
+        if candidate is not None and (mine & candidate).any():
+            mine = mine & candidate
+        rows = logits[mine]
         k = max(1, int(round(top_fraction * rows.shape[0])))
         pooled.append(rows.topk(min(k, rows.shape[0]), dim=0).values.mean(dim=0))
     return torch.stack(pooled)
 
 
 class ClassActivationHead(nn.Module):
-    """A linear per-point classifier over old + new classes (logits)."""
+    """A linear per-point classifier over the new classes (logits)."""
 
     def __init__(self, in_channels: int, num_classes: int):
         super().__init__()

@@ -3,12 +3,13 @@
 All functions work on per-point tensors of one batch; `allowed` (N, K) marks, per point, the
 new classes its scene is tagged with (a point can only become a class its scene contains).
 
-1. Initial masks (`zero_shot_scores`, `activation_map`, `initial_scores`, `initial_labels`):
-   a weighted mean of two maps. The zero-shot map scores the frozen old model's
-   language-aligned point embeddings against the names of the scene's tagged classes, scaled
-   by how little the old classes explain the point (the old model's uncertainty). The
-   activation map is learned from the tags (what tagged scenes have and untagged ones lack),
-   competing with the old classes at every point.
+1. Initial masks (`novelty`, `zero_shot_scores`, `activation_map`, `initial_scores`,
+   `initial_labels`): where a new class may be, times which tagged class it is. Where: the
+   frozen old model's uncertainty u(x) (the normalised entropy of its old-class softmax; it has
+   never been trained on a new class, so it is unsure there). Which: a weighted mean of two
+   distributions over the scene's tagged classes, the zero-shot one (the old model's
+   language-aligned point embeddings against the tagged names) and the activation map (learned
+   from the tags alone: what tagged scenes' uncertain points have and untagged ones' lack).
 2. Seed-guided refinement (`select_seeds`, `seed_affinity`, `refine_masks`): per tagged class,
    seeds drawn at random among the top-scoring points; every point's affinity is its mean
    cosine similarity to the seeds in a frozen feature space (centred on the scene's mean
@@ -31,35 +32,40 @@ import torch.nn.functional as F
 NO_CLASS = -1
 
 
-def zero_shot_scores(embed: torch.Tensor, text: torch.Tensor, scale: float | torch.Tensor, old_prob: torch.Tensor,
+def novelty(old_prob: torch.Tensor) -> torch.Tensor:
+    """(N,) u(x) in [0, 1]: the normalised entropy of the old model's class distribution `old_prob`
+    (N, K_old). The old model never learned the new classes (their points were ignored), so its
+    uncertainty is where they can be; its confidence is where old classes are."""
+    entropy = -(old_prob * old_prob.clamp(min=1e-12).log()).sum(dim=1)
+    return entropy / math.log(max(old_prob.shape[1], 2))
+
+
+def among_tags(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """(N, K) softmax of `logits` over each point's tagged classes (untagged: 0, no tag: all 0)."""
+    return torch.nan_to_num(logits.masked_fill(~allowed, float("-inf")).softmax(dim=1), nan=0.0) * allowed
+
+
+def zero_shot_scores(embed: torch.Tensor, text: torch.Tensor, scale: float | torch.Tensor,
                      allowed: torch.Tensor) -> torch.Tensor:
-    """(N, K) zero-shot scores of the scene's tagged classes: u(x) * softmax over the tagged names.
+    """(N, K) zero-shot distribution over the scene's tagged classes.
 
     `embed` (N, D) and the new classes' `text` (K, D) are L2-normalised; logits = scale * cosine,
-    as the language-guided head computes them. The share u(x) the old classes leave to new ones
-    is the old model's uncertainty, the normalised entropy of its old-class distribution
-    `old_prob` (N, K_old): a softmax of the new names against the old ones would leave them
-    almost nothing, as the embeddings were trained to sit on the old names (the seen-class bias
-    of generalised zero-shot segmentation). Untagged classes get 0.
+    as the language-guided head computes them. Only the tagged names compete: against the old
+    names the new ones would get almost nothing, as the embeddings were trained to sit on the
+    old names (the seen-class bias of generalised zero-shot segmentation); `novelty` says where.
     """
-    logits = (scale * (embed @ text.T)).masked_fill(~allowed, float("-inf"))
-    among_tags = torch.nan_to_num(logits.softmax(dim=1), nan=0.0) * allowed
-    entropy = -(old_prob * old_prob.clamp(min=1e-12).log()).sum(dim=1)
-    uncertainty = entropy / math.log(max(old_prob.shape[1], 2))
-    return uncertainty[:, None] * among_tags
+    return among_tags(scale * (embed @ text.T), allowed)
 
 
-def activation_map(logits: torch.Tensor, num_old: int, allowed: torch.Tensor) -> torch.Tensor:
-    """(N, K) the activation head's probability of each tagged new class, in a softmax over the
-    old classes and the point's tagged classes (untagged: 0)."""
-    new = logits[:, num_old:].masked_fill(~allowed, float("-inf"))
-    return torch.cat([logits[:, :num_old], new], dim=1).softmax(dim=1)[:, num_old:]
+def activation_map(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """(N, K) the activation head's distribution over each point's tagged classes."""
+    return among_tags(logits, allowed)
 
 
-def initial_scores(zero_shot: torch.Tensor, cam_map: torch.Tensor, allowed: torch.Tensor,
+def initial_scores(novelty: torch.Tensor, zero_shot: torch.Tensor, cam_map: torch.Tensor, allowed: torch.Tensor,
                    zero_shot_weight: float) -> torch.Tensor:
-    """w * zero-shot + (1 - w) * activation map, 0 for untagged classes."""
-    return (zero_shot_weight * zero_shot + (1.0 - zero_shot_weight) * cam_map) * allowed
+    """u(x) * (w * zero-shot + (1 - w) * activation map), 0 for untagged classes."""
+    return novelty[:, None] * (zero_shot_weight * zero_shot + (1.0 - zero_shot_weight) * cam_map) * allowed
 
 
 def initial_labels(scores: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -170,6 +176,20 @@ def distillation_targets(old_prob: torch.Tensor, new_prob: torch.Tensor, allowed
     old_mass = beta + (1.0 - beta) * (1.0 - total)
     target = torch.cat([old_prob * old_mass, t], dim=1)
     return target / target.sum(dim=1, keepdim=True).clamp(min=1e-12)
+
+
+def balanced_bce(logits: torch.Tensor, target: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Per-point BCE of each class's logits against its 0/1 `target` (N, K), over the points whose
+    scene is tagged with the class (`allowed`), positives and negatives weighted equally per class:
+    a mask covers a few percent of a scene, and plain BCE would teach the head to say no everywhere."""
+    loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    positive, negative = (target > 0.5) & allowed, (target <= 0.5) & allowed
+    per_class = []
+    for k in range(target.shape[1]):
+        terms = [loss[rows, k].mean() for rows in (positive[:, k], negative[:, k]) if rows.any()]
+        if terms:
+            per_class.append(torch.stack(terms).mean())
+    return torch.stack(per_class).mean() if per_class else logits.sum() * 0.0
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

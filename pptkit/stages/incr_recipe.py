@@ -37,11 +37,13 @@ class DataConfig:
 
 @dataclass
 class MaskConfig:
-    """Initial masks: the tag-learned activation map (where) and zero-shot text scores (which class)."""
+    """Initial masks: the old model's uncertainty (where) times the tag-learned activation map and
+    zero-shot text scores (which tagged class)."""
 
     zero_shot_weight: float = bounded(0.5, ge=0, le=1)  # P(class | new): zero-shot's weight (1 - it: the map's)
-    threshold: float = bounded(0.5, ge=0, le=1)  # initial mask: best tagged class's score >= this
-    cam_top_fraction: float = bounded(0.01, gt=0, le=1)  # multiple-instance pooling: mean of the top points
+    threshold: float = bounded(0.15, ge=0, le=1)  # initial mask: u(x) * P(best tagged class | new) >= this
+    novelty_threshold: float = bounded(0.2, ge=0, le=1)  # the activation map pools points with u(x) >= this
+    cam_top_fraction: float = bounded(0.3, gt=0, le=1)  # multiple-instance pooling: mean of the top candidates
     start_epoch: int = bounded(1, ge=0)  # epochs the activation map learns before masks supervise anything
     max_fraction: float = bounded(0.05, gt=0, le=1)  # an initial or refined mask keeps at most this share of a scene
 

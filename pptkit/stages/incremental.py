@@ -7,10 +7,11 @@ and trains on scenes that carry only tags, every batch:
 
 1. the frozen step t-1 model gives old-class probabilities, language-aligned point embeddings
    and backbone features;
-2. initial masks of the scene's tagged classes: zero-shot text scores + a class-activation map
-   learned from the tags (pptkit.models.pseudo_masks);
+2. initial masks of the scene's tagged classes: where the old model is unsure, which tagged class
+   by zero-shot text scores + a class-activation map learned from the tags (pptkit.models.pseudo_masks);
 3. seed-guided refinement with the frozen features and superpoints, fused with the initial masks;
-4. the plug-in teacher head learns the fused masks (per-point BCE + dense contrastive loss);
+4. the plug-in teacher head learns the fused masks (per-point BCE, positives and negatives
+   weighted equally, + dense contrastive loss);
 5. the student learns old classes from the step t-1 model and new classes from the teacher
    (hard/soft mix alpha, old-model/teacher weight beta), on scenes into which instances of
    old classes from a small memory were pasted (their labels are real).
@@ -60,12 +61,14 @@ from pptkit.models.ppt import PointPromptModel
 from pptkit.models.pseudo_masks import (
     NO_CLASS,
     activation_map,
+    balanced_bce,
     dense_contrastive_loss,
     distillation_targets,
     fuse_masks,
     initial_labels,
     initial_scores,
     limit_labels,
+    novelty,
     refine_masks,
     soft_cross_entropy,
     zero_shot_scores,
@@ -532,24 +535,25 @@ class StepLoss:
         pasted = batch.target >= 0
         allowed = batch.tags[batch.scene] & ~pasted[:, None]
 
-        # Activation map: old channels learn the old model, new ones the tags (pooled over each
-        # scene's own points); the map is a softmax over the old and the point's tagged classes.
+        # Activation map: learned from the tags alone, pooled over each scene's own points where
+        # the old model is unsure (candidates of a new class); a softmax over the point's tags.
+        u = novelty(old_prob)
         cam_logits = out["cam"].float()[rows]
         own = ~pasted
-        scene_logits = mil_pool(cam_logits[own, self.num_old:], batch.scene[own], batch.tags.shape[0],
-                                r.masks.cam_top_fraction)
-        cam_loss = F.binary_cross_entropy_with_logits(scene_logits, batch.tags.float()) + \
-            F.binary_cross_entropy_with_logits(cam_logits[:, :self.num_old], old_prob)
-        cam_map = activation_map(cam_logits.detach(), self.num_old, allowed)
+        candidate = u[own] >= r.masks.novelty_threshold
+        scene_logits = mil_pool(cam_logits[own], batch.scene[own], batch.tags.shape[0], r.masks.cam_top_fraction,
+                                candidate)
+        cam_loss = F.binary_cross_entropy_with_logits(scene_logits, batch.tags.float())
+        cam_map = activation_map(cam_logits.detach(), allowed)
 
         teacher_loss = contrastive = logits.new_zeros(())
         if epoch >= r.masks.start_epoch:
-            initial, fused = self.pseudo_masks(model, batch, old_feats, old_prob, cam_map, allowed, generator)
+            initial, fused = self.pseudo_masks(model, batch, old_feats, u, cam_map, allowed, generator)
             fused_onehot = F.one_hot(fused.clamp(min=0), self.num_new).float() * (fused >= 0)[:, None]
             new_prob = fused_onehot
             if r.teacher.enabled:
                 teacher_logits = out["teacher_logits"].float()[rows]
-                teacher_loss = F.binary_cross_entropy_with_logits(teacher_logits, fused_onehot)
+                teacher_loss = balanced_bce(teacher_logits, fused_onehot, allowed)
                 if r.teacher.contrastive_weight > 0:
                     classes = torch.where(fused >= 0, self.num_old + fused, old_prob.argmax(dim=1))
                     classes = torch.where(pasted, batch.target, classes)
@@ -568,7 +572,7 @@ class StepLoss:
         return StepResult(loss, size=batch.input.feats.shape[0], metrics={k: float(v.detach()) for k, v in parts.items()})
 
     @torch.no_grad()
-    def pseudo_masks(self, model: torch.nn.Module, batch: StepBatch, old_feats: torch.Tensor, old_prob: torch.Tensor,
+    def pseudo_masks(self, model: torch.nn.Module, batch: StepBatch, old_feats: torch.Tensor, u: torch.Tensor,
                      cam_map: torch.Tensor, allowed: torch.Tensor,
                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(initial labels, fused labels) per row: NO_CLASS or a new class index."""
@@ -576,8 +580,8 @@ class StepLoss:
         head = unwrap(model).student.head
         text = head.text_embeddings[head.dataset_to_union[d]][self.num_old:].float()
         embed = F.normalize(self.old_model.head.proj(old_feats).float(), dim=1)[rows]
-        zero_shot = zero_shot_scores(embed, text, self.old_model.head.scale.float(), old_prob, allowed)
-        scores = initial_scores(zero_shot, cam_map, allowed, r.masks.zero_shot_weight)
+        zero_shot = zero_shot_scores(embed, text, self.old_model.head.scale.float(), allowed)
+        scores = initial_scores(u, zero_shot, cam_map, allowed, r.masks.zero_shot_weight)
         initial = initial_labels(scores, r.masks.threshold)
         own = batch.target < 0
         scene_rows = [torch.nonzero((batch.scene == s) & own).flatten() for s in range(batch.tags.shape[0])]
@@ -653,7 +657,7 @@ def _train(opts: IncrementalOptions, setup: RunSetup[IncrementalRecipe], inputs:
 
     torch.manual_seed(opts.seed)
     student = build_student(base, labels, text)
-    cam = ClassActivationHead(student.backbone.out_channels, len(inputs.old_classes) + len(inputs.new_classes))
+    cam = ClassActivationHead(student.backbone.out_channels, len(inputs.new_classes))
     teacher = None
     if recipe.teacher.enabled:
         t = recipe.teacher

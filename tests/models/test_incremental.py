@@ -11,6 +11,7 @@ from pptkit.models.incremental import ClassActivationHead, PlugInTeacherHead, mi
 from pptkit.models.pseudo_masks import (
     NO_CLASS,
     activation_map,
+    balanced_bce,
     dense_contrastive_loss,
     distillation_targets,
     fuse_masks,
@@ -19,6 +20,7 @@ from pptkit.models.pseudo_masks import (
     initial_scores,
     keep_top_fraction,
     limit_labels,
+    novelty,
     refine_masks,
     seed_affinity,
     select_seeds,
@@ -95,24 +97,25 @@ def test_fusion_is_the_union_of_initial_and_refined_masks_with_conflicts_by_scor
     assert fuse_masks(initial, scores, None, None).tolist() == initial.tolist()
 
 
-def test_initial_masks_from_zero_shot_and_activation_map():
+def test_initial_masks_from_novelty_zero_shot_and_activation_map():
     allowed = torch.tensor([[True, False], [True, True], [True, True]])
     text = torch.eye(3)[1:]  # new class k's name embedding is axis k + 1
     embed = torch.eye(3)[[1, 2, 0]]  # points 0, 1 sit on classes 0, 1; point 2 on neither
-    confident = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
-    unsure = torch.full((3, 2), 0.5)
-    z = zero_shot_scores(embed, text, 100.0, confident, allowed)
-    assert torch.allclose(z, torch.zeros(3, 2))  # the old model explains every point
-    z = zero_shot_scores(embed, text, 100.0, unsure, allowed)
+    old_prob = torch.tensor([[0.5, 0.5], [0.5, 0.5], [1.0, 0.0]])
+    u = novelty(old_prob)
+    assert torch.allclose(u, torch.tensor([1.0, 1.0, 0.0]), atol=1e-6)  # the old model explains point 2
+    z = zero_shot_scores(embed, text, 100.0, allowed)
     assert torch.allclose(z[0], torch.tensor([1.0, 0.0]))  # class 1 is not tagged for point 0
     assert z[1, 1] > 0.99 and torch.allclose(z[2], torch.tensor([0.5, 0.5]))
-    cam_logits = torch.tensor([[0.0, 0.0, 9.0, 9.0], [5.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
-    cam = activation_map(cam_logits, 2, allowed)
-    assert cam[0, 1] == 0 and cam[0, 0] > 0.99 and cam[1].sum() < 0.02
-    assert torch.allclose(cam[2], torch.full((2,), 0.25))
-    scores = initial_scores(z, cam, allowed, 0.5)
-    assert torch.allclose(scores, 0.5 * z + 0.5 * cam)
-    assert initial_labels(scores, 0.5).tolist() == [0, 1, NO_CLASS]
+    assert torch.allclose(zero_shot_scores(embed, text, 100.0, torch.zeros_like(allowed)), torch.zeros(3, 2))
+    cam_logits = torch.tensor([[9.0, 9.0], [5.0, 0.0], [0.0, 0.0]])
+    cam = activation_map(cam_logits, allowed)
+    assert cam[0, 1] == 0 and cam[0, 0] == 1 and cam[1, 0] > 0.99
+    assert torch.allclose(cam[2], torch.full((2,), 0.5))
+    scores = initial_scores(u, z, cam, allowed, 0.25)
+    assert torch.allclose(scores, u[:, None] * (0.25 * z + 0.75 * cam))
+    assert initial_labels(scores, 0.5).tolist() == [0, 0, NO_CLASS]  # point 1: the map outweighs zero-shot
+    assert initial_labels(initial_scores(u, z, cam, allowed, 1.0), 0.5).tolist() == [0, 1, NO_CLASS]
 
 
 def test_distillation_targets_mix_old_model_and_teacher():
@@ -133,6 +136,23 @@ def test_distillation_targets_mix_old_model_and_teacher():
     assert torch.allclose(distillation_targets(old, teacher, allowed, 0.5, beta=1.0)[:, :2].sum(1) > 0,
                           torch.ones(3, dtype=torch.bool))
     assert torch.allclose(hard_soft_mix(torch.tensor([[0.2, 0.6]]), 1.0), torch.tensor([[0.0, 1.0]]))
+
+
+def test_balanced_bce_weighs_a_small_mask_like_the_rest_of_its_scene():
+    target = torch.zeros(10, 2)
+    target[0, 0] = 1.0  # class 0: one positive among ten points; class 1 untagged on rows 5..9
+    allowed = torch.ones(10, 2, dtype=torch.bool)
+    allowed[5:, 1] = False
+    logits = torch.zeros(10, 2)
+    logits[0, 0], logits[:5, 1] = 3.0, -3.0
+    per_point = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    expected = ((per_point[0, 0] + per_point[1:, 0].mean()) / 2 + per_point[:5, 1].mean()) / 2
+    assert torch.isclose(balanced_bce(logits, target, allowed), expected)
+    # Saying "no" everywhere is cheap under plain BCE, not here.
+    silent = torch.full((10, 2), -5.0)
+    plain = F.binary_cross_entropy_with_logits(silent, target)
+    assert balanced_bce(silent, target, allowed) > 4 * plain
+    assert balanced_bce(logits, target, torch.zeros_like(allowed)).item() == 0.0
 
 
 def test_dense_contrastive_loss_prefers_clustered_embeddings():
@@ -157,6 +177,9 @@ def test_mil_pool_averages_the_top_points_of_each_scene():
     scene = torch.tensor([0, 0, 0, 0, 1, 1])
     assert mil_pool(logits, scene, 2, 0.5).flatten().tolist() == [4.0, 4.0]
     assert mil_pool(logits, scene, 2, 0.01).flatten().tolist() == [5.0, 4.0]
+    # Candidates only: scene 0 pools points 0 and 3; scene 1 has none and pools all its points.
+    candidate = torch.tensor([True, False, False, True, False, False])
+    assert mil_pool(logits, scene, 2, 1.0, candidate).flatten().tolist() == [0.5, 1.0]
 
 
 def test_heads_shapes():
