@@ -23,8 +23,9 @@ recipe (recipes/incr-tiny.toml) and schedule:
 - ablations (1-step schedule): the full method without one component.
 
 It also scores the pseudo masks themselves on the step rooms (ground truth used only here): the
-zero-shot map, the activation map, the initial, refined and fused masks and the teacher, from
-the full method's final 1-step model, to show what each part contributes.
+points the old model is unsure of (where), the zero-shot map and the activation map (each alone
+deciding which tagged class), the initial, refined and fused masks and the teacher, from the
+full method's final 1-step model, to show what each part contributes.
 
 Run (the scale is in the flags; the README has the latest run's time):
   python benchmarks/incremental.py [--work benchmarks/.work/incremental] [--seeds 0 1 2] [--jobs 2]
