@@ -143,17 +143,21 @@ def evaluate(run: Path, test: Path) -> dict:
             "per_class": {k: v["iou"] for k, v in document["per_class"].items()}}
 
 
-def run_seed(seed: int, work: Path, scale: Scale) -> dict:
-    """Base model, every method and schedule, and the pseudo-mask diagnosis for one seed."""
-    import torch
+@dataclass(frozen=True)
+class SeedData:
+    root: Path
+    base_store: Path  # the base rooms without the new classes
+    base: Path  # the base model's run folder
+    step_pool: Path
+    test_pool: Path
+    test_base: Path  # the test rooms in the base model's 15 classes
 
-    torch.set_num_threads(1)
-    from pptkit.progress import set_quiet
+
+def prepare_seed(seed: int, work: Path, scale: Scale) -> SeedData:
+    """The seed's three pools of rooms, its step-0 store and its base model (reused when present)."""
     from pptkit.stages.incremental import IncrementalOptions, run_incremental
     from pptkit.stages.joint_train import JointTrainOptions, run_joint_train
 
-    set_quiet(True)
-    started = time.perf_counter()
     root = work / f"seed{seed}"
     base_pool = pool(work, f"base{seed}", scale.base_rooms, 1000 + seed, scale.grid)
     step_pool = pool(work, f"step{seed}", scale.step_rooms, 2000 + seed, scale.grid)
@@ -167,10 +171,25 @@ def run_seed(seed: int, work: Path, scale: Scale) -> dict:
         shutil.rmtree(base, ignore_errors=True)
         run_joint_train(JointTrainOptions(recipe=BASE_RECIPE, data=[f"scannet={base_store}"], out=base,
                                           device="cpu", seed=seed, overrides=scale.base_overrides()))
-    test_base = root / "test_base.h5"  # the test rooms in the base model's 15 classes
+    test_base = root / "test_base.h5"
     if not test_base.is_file():
         run_incremental(IncrementalOptions(new_classes=",".join(NEW), data=str(test_pool), write_base_store=test_base))
-    result: dict = {"seed": seed, "base_model": evaluate(base, test_base), "runs": {}}
+    return SeedData(root, base_store, base, step_pool, test_pool, test_base)
+
+
+def run_seed(seed: int, work: Path, scale: Scale) -> dict:
+    """Base model, every method and schedule, and the pseudo-mask diagnosis for one seed."""
+    import torch
+
+    torch.set_num_threads(1)
+    from pptkit.progress import set_quiet
+    from pptkit.stages.incremental import IncrementalOptions, run_incremental
+
+    set_quiet(True)
+    started = time.perf_counter()
+    data = prepare_seed(seed, work, scale)
+    root, base, step_pool, test_pool, base_store = data.root, data.base, data.step_pool, data.test_pool, data.base_store
+    result: dict = {"seed": seed, "base_model": evaluate(base, data.test_base), "runs": {}}
     for schedule, steps in SCHEDULES.items():
         methods = METHODS if schedule == "15-5" else {k: METHODS[k] for k in TWO_STEP_METHODS}
         for key, (_, overrides, uses_memory) in methods.items():
@@ -208,7 +227,8 @@ def diagnose_masks(run: Path, base: Path, store: Path, new: list[str], grid: flo
     from pptkit.models.pseudo_masks import (activation_map, fuse_masks, initial_labels, initial_scores,
                                             limit_labels, novelty, refine_masks, zero_shot_scores)
     from pptkit.stages.incr_recipe import IncrementalRecipe
-    from pptkit.stages.incremental import build_old_model, build_student, collate_step, extend_label_space, load_base_run
+    from pptkit.stages.incremental import (build_old_model, build_student, collate_step, extend_label_space,
+                                           load_base_run)
 
     ckpt = load_checkpoint(run / "last.pt")
     recipe = from_dict(IncrementalRecipe, ckpt["config"], str(run))
@@ -331,11 +351,19 @@ def report(results: list[dict], scale: Scale, minutes: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def write_results(out: Path, table: str, results: list[dict]) -> None:
+    """`out` (the Markdown table) and its .json twin (the raw numbers), each replaced atomically."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for path, content in ((out, table), (out.with_suffix(".json"), json.dumps(results, indent=2))):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(content)
+        os.replace(tmp, path)
+
+
+def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
+    """--work, --seeds and the benchmark's scale (shared with incremental_probe.py)."""
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".work" / "incremental")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--jobs", type=int, default=2, help="seeds run in parallel processes")
     parser.add_argument("--base-rooms", type=int, default=16)
     parser.add_argument("--step-rooms", type=int, default=16)
     parser.add_argument("--test-rooms", type=int, default=12)
@@ -344,10 +372,20 @@ def main() -> None:
     parser.add_argument("--step-epochs", type=int, default=15)
     parser.add_argument("--step-lr", type=float, default=0.05, help="peak learning rate of every step")
     parser.add_argument("--memory", type=int, default=4, help="--memory B: instances per old class")
+
+
+def scale_from(args: argparse.Namespace) -> Scale:
+    return Scale(args.base_rooms, args.step_rooms, args.test_rooms, args.grid, args.base_epochs,
+                 args.step_epochs, args.step_lr, args.memory)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_scale_arguments(parser)
+    parser.add_argument("--jobs", type=int, default=2, help="seeds run in parallel processes")
     parser.add_argument("--out", type=Path, default=RESULTS / "incremental.md")
     args = parser.parse_args()
-    scale = Scale(args.base_rooms, args.step_rooms, args.test_rooms, args.grid, args.base_epochs,
-                  args.step_epochs, args.step_lr, args.memory)
+    scale = scale_from(args)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -359,11 +397,7 @@ def main() -> None:
     minutes = (time.perf_counter() - started) / 60
     text = report(results, scale, minutes)
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    for path, content in ((args.out, text), (args.out.with_suffix(".json"), json.dumps(results, indent=2))):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(content)
-        os.replace(tmp, path)
+    write_results(args.out, text, results)
 
 
 if __name__ == "__main__":
