@@ -20,6 +20,8 @@ recipe (recipes/incr-tiny.toml) and schedule:
 - the full method (FMWISS: initial masks, seed-guided refinement, plug-in teacher with the
   contrastive loss, distillation, memory copy-paste with --memory B from the base rooms);
 - joint upper bound: the step rooms' full labels (data.supervision = "labels");
+- the full method with the refinement's affinity from a frozen Point-MAE encoder (`pptkit pretrain
+  --stage mae --crop`, recipes/act-tiny.toml, on the base rooms) instead of the base model's features;
 - ablations (1-step schedule): the full method without one component.
 
 It also scores the pseudo masks themselves on the step rooms (ground truth used only here): the
@@ -53,17 +55,29 @@ STEP_RECIPE = ROOT / "recipes" / "incr-tiny.toml"
 NEW = ["cabinet", "chair", "bookshelf", "desk", "curtain"]
 SCHEDULES = {"15-5": [NEW], "15-3-2": [NEW[:3], NEW[3:]]}
 
-FULL: list[str] = []
-METHODS: dict[str, tuple[str, list[str], bool]] = {  # key: (label, overrides, uses the memory)
-    "finetune": ("fine-tuning on initial masks (lower bound)",
-                 ["refine.enabled=false", "teacher.enabled=false", "distill.enabled=false"], False),
-    "full": ("full method", FULL, True),
-    "joint": ("joint, full labels (upper bound)", ['data.supervision="labels"'], False),
-    "no-refine": ("- seed-guided refinement", ["refine.enabled=false"], True),
-    "no-teacher": ("- plug-in teacher head", ["teacher.enabled=false"], True),
-    "no-contrastive": ("- dense contrastive loss", ["teacher.contrastive_weight=0"], True),
-    "no-copy-paste": ("- memory copy-paste", [], False),
-    "no-distill": ("- distillation", ["distill.enabled=false"], True),
+ENCODER_RECIPE = ROOT / "recipes" / "act-tiny.toml"
+ENCODER_CROP = 1024  # points per pretraining crop of a base room (about 10 m2 of surface at 10 cm)
+
+
+@dataclass(frozen=True)
+class Method:
+    label: str
+    overrides: tuple[str, ...] = ()
+    memory: bool = True  # copy-paste from --memory B instances of the base rooms
+    encoder: bool = False  # refinement affinity from the Point-MAE encoder (--encoder)
+
+
+METHODS: dict[str, Method] = {
+    "finetune": Method("fine-tuning on initial masks (lower bound)",
+                       ("refine.enabled=false", "teacher.enabled=false", "distill.enabled=false"), memory=False),
+    "full": Method("full method"),
+    "joint": Method("joint, full labels (upper bound)", ('data.supervision="labels"',), memory=False),
+    "encoder": Method("full, affinity from a Point-MAE encoder (--encoder)", encoder=True),
+    "no-refine": Method("- seed-guided refinement", ("refine.enabled=false",)),
+    "no-teacher": Method("- plug-in teacher head", ("teacher.enabled=false",)),
+    "no-contrastive": Method("- dense contrastive loss", ("teacher.contrastive_weight=0",)),
+    "no-copy-paste": Method("- memory copy-paste", memory=False),
+    "no-distill": Method("- distillation", ("distill.enabled=false",)),
 }
 TWO_STEP_METHODS = ("finetune", "full", "joint")
 
@@ -78,6 +92,7 @@ class Scale:
     step_epochs: int
     step_lr: float
     memory: int
+    encoder_epochs: int  # Point-MAE epochs on the base rooms (one crop per room per epoch)
 
     def base_overrides(self) -> list[str]:
         return [f"data.grid_size={self.grid}", f"train.epochs={self.base_epochs}",
@@ -151,12 +166,14 @@ class SeedData:
     step_pool: Path
     test_pool: Path
     test_base: Path  # the test rooms in the base model's 15 classes
+    encoder: Path  # Point-MAE (act-tiny) pretrained on crops of the base rooms
 
 
 def prepare_seed(seed: int, work: Path, scale: Scale) -> SeedData:
     """The seed's three pools of rooms, its step-0 store and its base model (reused when present)."""
     from pptkit.stages.incremental import IncrementalOptions, run_incremental
     from pptkit.stages.joint_train import JointTrainOptions, run_joint_train
+    from pptkit.stages.pretrain import PretrainOptions, run_pretrain
 
     root = work / f"seed{seed}"
     base_pool = pool(work, f"base{seed}", scale.base_rooms, 1000 + seed, scale.grid)
@@ -174,7 +191,14 @@ def prepare_seed(seed: int, work: Path, scale: Scale) -> SeedData:
     test_base = root / "test_base.h5"
     if not test_base.is_file():
         run_incremental(IncrementalOptions(new_classes=",".join(NEW), data=str(test_pool), write_base_store=test_base))
-    return SeedData(root, base_store, base, step_pool, test_pool, test_base)
+    encoder = root / "encoder"
+    if not (encoder / "last.pt").is_file():
+        shutil.rmtree(encoder, ignore_errors=True)
+        run_pretrain(PretrainOptions(recipe=ENCODER_RECIPE, data=[base_store], out=encoder, stage="mae",
+                                     crop=ENCODER_CROP, device="cpu", seed=seed,
+                                     overrides=[f"train.epochs={scale.encoder_epochs}", "train.log_every=50",
+                                                f"mae.batch_size={min(8, scale.base_rooms)}"]))
+    return SeedData(root, base_store, base, step_pool, test_pool, test_base, encoder)
 
 
 def run_seed(seed: int, work: Path, scale: Scale) -> dict:
@@ -192,19 +216,19 @@ def run_seed(seed: int, work: Path, scale: Scale) -> dict:
     result: dict = {"seed": seed, "base_model": evaluate(base, data.test_base), "runs": {}}
     for schedule, steps in SCHEDULES.items():
         methods = METHODS if schedule == "15-5" else {k: METHODS[k] for k in TWO_STEP_METHODS}
-        for key, (_, overrides, uses_memory) in methods.items():
+        for key, method in methods.items():
             previous = base
             for t, classes in enumerate(steps, 1):
                 run = root / schedule / key / f"step{t}"
                 if not (run / "last.pt").is_file():
                     shutil.rmtree(run, ignore_errors=True)
                     seed_text_cache(root / schedule / next(iter(methods)) / f"step{t}", run)
-                    memory_data = base_store if uses_memory and t == 1 else None
+                    memory_data = base_store if method.memory and t == 1 else None
                     run_incremental(IncrementalOptions(
                         new_classes=",".join(classes), data=str(step_pool), out=run, recipe=STEP_RECIPE,
-                        base=previous, tags_from_labels=True, memory=scale.memory if uses_memory else 0,
-                        memory_data=memory_data, seed=seed, device="cpu",
-                        overrides=[*scale.step_overrides(), *overrides]))
+                        base=previous, tags_from_labels=True, memory=scale.memory if method.memory else 0,
+                        memory_data=memory_data, encoder=data.encoder if method.encoder else None, seed=seed,
+                        device="cpu", overrides=[*scale.step_overrides(), *method.overrides]))
                 previous = run
             result["runs"][f"{schedule}/{key}"] = evaluate(previous, test_pool)
     result["masks"] = diagnose_masks(root / "15-5" / "full" / "step1", base, step_pool, NEW, scale.grid, seed)
@@ -320,7 +344,8 @@ def report(results: list[dict], scale: Scale, minutes: float) -> str:
         f"labels. Per seed: {scale.base_rooms} base rooms, {scale.step_rooms} step rooms (tags only), "
         f"{scale.test_rooms} test rooms (every original point); {scale.grid * 100:g} cm voxels; base "
         f"{scale.base_epochs} epochs, each step {scale.step_epochs} epochs at lr {scale.step_lr:g}; memory "
-        f"{scale.memory} instances per old class; the recipes' model. mIoU %, mean ± std over seeds {seeds}; "
+        f"{scale.memory} instances per old class; the recipes' model; the --encoder row's Point-MAE (act-tiny) "
+        f"pretrained {scale.encoder_epochs} epochs on {ENCODER_CROP}-point crops of the base rooms. mIoU %, mean ± std over seeds {seeds}; "
         f"{minutes:.1f} min on {platform.machine()} ({os.cpu_count()} cores).", "",
         f"Base model alone (15 classes): base mIoU {mean_std([r['base_model']['base'] for r in results])}, scored "
         "with the new classes' points left out (it cannot name them); the table below scores them too, so a point of "
@@ -331,7 +356,7 @@ def report(results: list[dict], scale: Scale, minutes: float) -> str:
         keys = METHODS if schedule == "15-5" else TWO_STEP_METHODS
         for key in keys:
             runs = [r["runs"][f"{schedule}/{key}"] for r in results]
-            lines.append(f"| {schedule} | {METHODS[key][0]} | {mean_std([x['base'] for x in runs])} | "
+            lines.append(f"| {schedule} | {METHODS[key].label} | {mean_std([x['base'] for x in runs])} | "
                          f"{mean_std([x['novel'] for x in runs])} | {mean_std([x['all'] for x in runs])} |")
     lines += ["", "Per new class IoU % (15-5), mean over seeds:", "",
               "| method | " + " | ".join(NEW) + " |", "|---|" + "---:|" * len(NEW)]
@@ -340,7 +365,7 @@ def report(results: list[dict], scale: Scale, minutes: float) -> str:
         for c in NEW:
             values = [r["runs"][f"15-5/{key}"]["per_class"].get(c) for r in results]
             cells.append(mean_std(values))
-        lines.append(f"| {METHODS[key][0]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {METHODS[key].label} | " + " | ".join(cells) + " |")
     lines += ["", "Pseudo-mask quality on the step rooms (IoU % with their ground truth, mean over the new "
               "classes present; the full method's final 15-5 model). First row: where, the points the old model "
               "is unsure of (u >= masks.novelty_threshold) against the points of any new class:", "",
@@ -372,11 +397,13 @@ def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step-epochs", type=int, default=15)
     parser.add_argument("--step-lr", type=float, default=0.05, help="peak learning rate of every step")
     parser.add_argument("--memory", type=int, default=4, help="--memory B: instances per old class")
+    parser.add_argument("--encoder-epochs", type=int, default=150,
+                        help="Point-MAE pretraining epochs on the base rooms (one crop of each per epoch, batches of 8)")
 
 
 def scale_from(args: argparse.Namespace) -> Scale:
     return Scale(args.base_rooms, args.step_rooms, args.test_rooms, args.grid, args.base_epochs,
-                 args.step_epochs, args.step_lr, args.memory)
+                 args.step_epochs, args.step_lr, args.memory, args.encoder_epochs)
 
 
 def main() -> None:

@@ -191,6 +191,7 @@ def incremental(
     memory: Annotated[int, typer.Option("--memory", help="Old-class instances kept per class for copy-paste (0: no copy-paste).")] = 0,
     memory_data: Annotated[Optional[Path], typer.Option("--memory-data", help="Labelled store of earlier steps to cut the memory's instances from.")] = None,
     write_base_store: Annotated[Optional[Path], typer.Option("--write-base-store", help="Step 0: write --data without --new-classes (ignored) to this .h5 for joint-train, then stop.")] = None,
+    encoder: Annotated[Optional[Path], typer.Option("--encoder", help="A `pptkit pretrain --crop N` run: its frozen point Transformer gives the refinement's affinity (default: the base model's features).")] = None,
     seed: Seed = 0,
     device: Device = "auto",
     resume: Resume = False,
@@ -205,7 +206,7 @@ def incremental(
     run_incremental(IncrementalOptions(
         new_classes=new_classes, data=data, out=out, recipe=recipe, base=base, tags=tags,
         tags_from_labels=tags_from_labels, memory=memory, memory_data=memory_data,
-        write_base_store=write_base_store, seed=seed, device=device, resume=resume,
+        write_base_store=write_base_store, encoder=encoder, seed=seed, device=device, resume=resume,
         overrides=overrides or [], verbose=_verbose,
     ))
 

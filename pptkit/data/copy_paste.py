@@ -171,7 +171,8 @@ class CopyPaste:
     are tried, and an instance that fits nowhere is skipped. A position fits when no pasted
     voxel is occupied and at least `support` of its footprint cells lie over floor cells (so it
     stands inside the room). Pasted rows get their class in "segment", a fresh instance id in
-    "instance" and, when the scene has "superpoint" ids, one fresh superpoint per instance.
+    "instance" and, when the scene has "superpoint" ids, one fresh superpoint per instance (and
+    "patch" -1: no encoder patch).
     "grid_coord" is dropped: the chain's GridSample recomputes it for every row.
     """
 
@@ -250,7 +251,8 @@ class CopyPaste:
             _, color, _ = self.memory.instance(index)
             values = {"coord": coord, "normal": normal, "color": color,
                       "segment": np.full(n, self.memory.labels[index]),
-                      "instance": np.full(n, next_instance + k), "superpoint": np.full(n, next_superpoint + k)}
+                      "instance": np.full(n, next_instance + k), "superpoint": np.full(n, next_superpoint + k),
+                      "patch": np.full(n, -1)}  # pasted rows have no encoder patch
             for key in per_row:
                 if key not in values:
                     raise ValueError(f"cannot paste into a scene with per-row entry '{key}'")

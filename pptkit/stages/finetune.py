@@ -76,6 +76,8 @@ class Backbone:
     state: dict[str, torch.Tensor]  # "encoder": the state dict, in the point_transformer key layout
     config: dict[str, Any]  # "encoder_config": PointTransformerEncoder's constructor arguments
     digest: str  # state_digest(state)
+    crop: int | None = None  # points per scene crop it was pretrained on (None: objects)
+    num_points: int | None = None  # points per pretraining sample, when the file records it
 
 
 def state_digest(state: Mapping[str, torch.Tensor]) -> str:
@@ -104,7 +106,12 @@ def load_backbone(path: Path) -> Backbone:
     config = checkpoint.get("encoder_config")
     if not isinstance(config, dict):
         raise InputError("holds no 'encoder_config' (the encoder's constructor arguments)", file)
-    return Backbone(file.resolve(), state, dict(config), state_digest(state))
+    crop = checkpoint.get("crop")
+    recipe = checkpoint.get("config")
+    data = recipe.get("data") if isinstance(recipe, dict) else None
+    num_points = data.get("num_points") if isinstance(data, dict) else None
+    return Backbone(file.resolve(), state, dict(config), state_digest(state),
+                    crop if isinstance(crop, int) else None, num_points if isinstance(num_points, int) else None)
 
 
 def build_encoder(encoder_config: Mapping[str, Any], recipe: FinetuneRecipe, where: Path) -> PointTransformerEncoder:

@@ -9,7 +9,8 @@ and trains on scenes that carry only tags, every batch:
    and backbone features;
 2. initial masks of the scene's tagged classes: where the old model is unsure, which tagged class
    by zero-shot text scores + a class-activation map learned from the tags (pptkit.models.pseudo_masks);
-3. seed-guided refinement with the frozen features and superpoints, fused with the initial masks;
+3. seed-guided refinement with frozen features (the step t-1 model's, or with `--encoder` a point
+   Transformer pretrained on scene crops) and superpoints, fused with the initial masks;
 4. the plug-in teacher head learns the fused masks (per-point BCE, positives and negatives
    weighted equally, + dense contrastive loss);
 5. the student learns old classes from the step t-1 model and new classes from the teacher
@@ -42,6 +43,7 @@ from pptkit.data.transforms import Compose, eval_transforms, train_transforms
 from pptkit.engine.batch import scene_features
 from pptkit.engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from pptkit.engine.distributed import cleanup
+from pptkit.engine.inference import room_patch_features
 from pptkit.engine.run_dir import RunDir
 from pptkit.engine.sampler import epoch_schedule
 from pptkit.engine.schedules import lr_schedule
@@ -57,6 +59,7 @@ from pptkit.models.incremental import (
 )
 from pptkit.models.label_space import UnionLabelSpace
 from pptkit.models.pdnorm import split_prompt_parameters
+from pptkit.models.point_transformer import PointTransformerEncoder
 from pptkit.models.ppt import PointPromptModel
 from pptkit.models.pseudo_masks import (
     NO_CLASS,
@@ -75,6 +78,7 @@ from pptkit.models.pseudo_masks import (
 )
 from pptkit.progress import console, track
 from pptkit.sparse import SparseTensor, sparse_collate
+from pptkit.stages.finetune import load_backbone, load_encoder_state
 from pptkit.stages.incr_recipe import IncrementalRecipe
 from pptkit.stages.ppt_model import build_model, text_embeddings
 from pptkit.stages.ppt_recipe import ModelConfig, PPTRecipe
@@ -92,6 +96,7 @@ class IncrementalOptions(RunOptions):
     memory: int = 0  # instances kept per old class for copy-paste
     memory_data: Path | None = None  # labelled store to cut old-class instances from
     write_base_store: Path | None = None  # step 0: write the base store and stop
+    encoder: Path | None = None  # pretrain run on scene crops: its patch tokens give the refinement's affinity
 
 
 @dataclass
@@ -110,6 +115,16 @@ class BaseRun:
 
 
 @dataclass
+class AffinityEncoder:
+    """A frozen point-patch Transformer pretrained on scene crops, read over whole rooms."""
+
+    model: PointTransformerEncoder
+    crop: int  # points per pretraining crop
+    num_points: int  # points the encoder saw per crop
+    digest: str  # of its weights
+
+
+@dataclass
 class StepInputs:
     """Everything validated before the run folder is touched."""
 
@@ -122,6 +137,7 @@ class StepInputs:
     old_classes: list[str]
     label_map: np.ndarray | None  # store label -> model label, for data.supervision = "labels"
     memory: MemoryBank | None
+    encoder: AffinityEncoder | None = None  # the refinement's feature space (None: the base model's)
 
 
 # ---------------------------------------------------------------------------------------- inputs
@@ -261,7 +277,30 @@ def check_step_inputs(opts: IncrementalOptions, recipe: IncrementalRecipe, world
     tags = np.array([[key in {canonical_class_name(t) for t in tags_by_index[i]} for key in new_keys]
                      for i in indices], dtype=bool)
     memory = check_memory(opts, recipe, base, dataset, old_classes)
-    return StepInputs(base, dataset, scenes, indices, tags, new_classes, old_classes, label_map, memory)
+    encoder = None
+    if opts.encoder is not None:
+        if recipe.data.supervision != "tags" or not recipe.refine.enabled:
+            raise InputError('is given but the recipe does not refine masks (refine.enabled = false or '
+                             'data.supervision = "labels")', "--encoder")
+        encoder = load_affinity_encoder(opts.encoder)
+    return StepInputs(base, dataset, scenes, indices, tags, new_classes, old_classes, label_map, memory, encoder)
+
+
+def load_affinity_encoder(path: Path) -> AffinityEncoder:
+    """The encoder of a `pptkit pretrain --crop N` run (stage mae or distill); InputError when the
+    file holds none, or one pretrained on objects (the affinity reads whole rooms)."""
+    backbone = load_backbone(path)
+    if backbone.crop is None:
+        raise InputError("holds an encoder pretrained on objects; the refinement reads whole rooms: give a run "
+                         "pretrained on scene crops (pptkit pretrain --crop N)", backbone.path)
+    if backbone.num_points is None:
+        raise InputError("does not record the encoder's points per crop", backbone.path, where="config.data.num_points")
+    try:
+        model = PointTransformerEncoder(**backbone.config)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"cannot build the encoder: {error}", backbone.path, where="encoder_config") from None
+    load_encoder_state(model, backbone)
+    return AffinityEncoder(model.requires_grad_(False).eval(), backbone.crop, backbone.num_points, backbone.digest)
 
 
 def stored_scenes(path: Path, with_segment: bool = True):
@@ -319,29 +358,34 @@ def _check_resume(checkpoint: dict, inputs: StepInputs, path: Path) -> None:
     """A resumed run must see the same base model, classes and training scenes."""
     saved = checkpoint.get("incremental", {}).get("inputs", {})
     if saved != step_fingerprint(inputs):
-        raise InputError("the base run, --data, --new-classes, tags or memory differ from the checkpoint's; "
+        raise InputError("the base run, --data, --new-classes, tags, memory or --encoder differ from the checkpoint's; "
                          "resume with the same inputs", path)
 
 
 def step_fingerprint(inputs: StepInputs) -> dict:
     """What identifies a step's inputs (kept in every checkpoint, compared on resume)."""
-    return {"base": inputs.base.digest, "dataset": inputs.dataset, "new_classes": list(inputs.new_classes),
-            "scenes": [int(i) for i in inputs.indices], "tags": inputs.tags.astype(np.int64).tolist(),
-            "memory": [] if inputs.memory is None else list(inputs.memory.sources)}
+    fingerprint = {"base": inputs.base.digest, "dataset": inputs.dataset, "new_classes": list(inputs.new_classes),
+                   "scenes": [int(i) for i in inputs.indices], "tags": inputs.tags.astype(np.int64).tolist(),
+                   "memory": [] if inputs.memory is None else list(inputs.memory.sources)}
+    if inputs.encoder is not None:
+        fingerprint["encoder"] = inputs.encoder.digest
+    return fingerprint
 
 
 # ------------------------------------------------------------------------------------ data path
 
 class TaggedScenes(torch.utils.data.Dataset):
     """Step-t scenes as training sees them: every point label and instance id replaced by ignore
-    (or, for the full-label bound, labels mapped to the model's classes), plus superpoint ids.
+    (or, for the full-label bound, labels mapped to the model's classes), plus superpoint ids and
+    encoder patch ids.
 
     This is the only way step-t scenes reach training, so no point label of a tagged scene does.
     """
 
     def __init__(self, scenes: SceneDataset, indices: list[int], label_map: np.ndarray | None,
-                 superpoint_ids: list[np.ndarray] | None):
-        self.scenes, self.indices, self.label_map, self.superpoint_ids = scenes, indices, label_map, superpoint_ids
+                 superpoint_ids: list[np.ndarray] | None, patch_ids: list[np.ndarray] | None = None):
+        self.scenes, self.indices, self.label_map = scenes, indices, label_map
+        self.superpoint_ids, self.patch_ids = superpoint_ids, patch_ids
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -358,6 +402,8 @@ class TaggedScenes(torch.utils.data.Dataset):
                   "segment": segment, "instance": np.full(n, -1, dtype=np.int32)}
         if self.superpoint_ids is not None:
             sample["superpoint"] = self.superpoint_ids[j]
+        if self.patch_ids is not None:
+            sample["patch"] = self.patch_ids[j]
         return sample
 
 
@@ -371,6 +417,20 @@ def scene_superpoints(scenes: SceneDataset, indices: list[int], recipe: Incremen
         out.append(superpoints(s["coord"], s["normal"], s["color"], grid, r.superpoint_k,
                                r.superpoint_colour_weight, r.superpoint_min_size))
     return out
+
+
+def scene_patches(scenes: SceneDataset, indices: list[int], encoder: AffinityEncoder
+                  ) -> tuple[list[np.ndarray], torch.Tensor]:
+    """Each training scene's stored rows' patch ids (numbered across the scenes) and the patch
+    tokens (P, C) of the frozen encoder over the un-augmented room (deterministic, computed once)."""
+    ids, tokens, offset = [], [], 0
+    for i in track(indices, "encoder features", total=len(indices)):
+        coord = torch.from_numpy(np.asarray(scenes[i]["coord"], dtype=np.float32))
+        patch, table = room_patch_features(encoder.model, coord, encoder.crop, encoder.num_points)
+        ids.append(patch.numpy() + offset)
+        tokens.append(table)
+        offset += table.shape[0]
+    return ids, torch.cat(tokens)
 
 
 class StepEpoch(torch.utils.data.Dataset):
@@ -406,6 +466,7 @@ class StepBatch:
     scene: torch.Tensor  # (rows,) scene index in the batch
     superpoint: torch.Tensor  # (rows,) superpoint id, unique across the batch
     tags: torch.Tensor  # (scenes, K) bool
+    patch: torch.Tensor | None = None  # (rows,) encoder patch id (-1: pasted), with --encoder
 
 
 def collate_step(samples: list[dict], tags: np.ndarray, device: torch.device) -> StepBatch:
@@ -420,8 +481,11 @@ def collate_step(samples: list[dict], tags: np.ndarray, device: torch.device) ->
         superpoint.append(ids + offset)
         offset += int(ids.max(initial=-1)) + 1
     as_tensor = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+    patch = None
+    if all("patch" in s for s in samples):
+        patch = as_tensor(np.concatenate([np.asarray(s["patch"], dtype=np.int64) for s in samples]))
     return StepBatch(x, inverse, as_tensor(target), as_tensor(scene), as_tensor(np.concatenate(superpoint)),
-                     torch.from_numpy(np.asarray(tags, dtype=bool)).to(device))
+                     torch.from_numpy(np.asarray(tags, dtype=bool)).to(device), patch)
 
 
 def step_transform(recipe: IncrementalRecipe, memory: MemoryBank | None):
@@ -505,9 +569,10 @@ class StepLoss:
     """The loss of one incremental step, `loss(model, batch, step) -> StepResult` for the engine."""
 
     def __init__(self, recipe: IncrementalRecipe, old_model: PointPromptModel, dataset_index: int, num_old: int,
-                 num_new: int, seed: int, steps_per_epoch: int):
+                 num_new: int, seed: int, steps_per_epoch: int, patch_tokens: torch.Tensor | None = None):
         self.recipe, self.old_model, self.dataset_index = recipe, old_model, dataset_index
         self.num_old, self.num_new, self.seed, self.steps_per_epoch = num_old, num_new, seed, steps_per_epoch
+        self.patch_tokens = patch_tokens  # the refinement's features by encoder patch (None: the old model's)
 
     def __call__(self, model: torch.nn.Module, batch: StepBatch, step: int) -> StepResult:
         if self.recipe.data.supervision == "labels":
@@ -590,7 +655,8 @@ class StepLoss:
         refined = affinities = None
         if r.refine.enabled:
             refined, affinities = torch.zeros_like(allowed), torch.zeros_like(scores)
-            feats = old_feats.float()[rows]
+            feats = old_feats.float()[rows] if self.patch_tokens is None else \
+                self.patch_tokens[batch.patch.clamp(min=0)]
             for s, mine in enumerate(scene_rows):
                 superpoint = batch.superpoint[mine] if r.refine.superpoints else None
                 refined[mine], affinities[mine] = refine_masks(
@@ -653,7 +719,8 @@ def _train(opts: IncrementalOptions, setup: RunSetup[IncrementalRecipe], inputs:
     console.print(f"step {len(base.steps.get(dataset, [])) + 1} on '{dataset}': {len(inputs.old_classes)} old + "
                   f"{len(inputs.new_classes)} new classes ({', '.join(inputs.new_classes)}), "
                   f"{len(inputs.indices)} tagged scenes, "
-                  f"{0 if inputs.memory is None else len(inputs.memory)} memory instances")
+                  f"{0 if inputs.memory is None else len(inputs.memory)} memory instances"
+                  + (f", affinity from the encoder of {opts.encoder}" if inputs.encoder is not None else ""))
 
     torch.manual_seed(opts.seed)
     student = build_student(base, labels, text)
@@ -671,7 +738,11 @@ def _train(opts: IncrementalOptions, setup: RunSetup[IncrementalRecipe], inputs:
 
     needs_superpoints = recipe.data.supervision == "tags" and recipe.refine.enabled and recipe.refine.superpoints
     superpoint_ids = scene_superpoints(inputs.scenes, inputs.indices, recipe) if needs_superpoints else None
-    scenes = TaggedScenes(inputs.scenes, inputs.indices, inputs.label_map, superpoint_ids)
+    patch_ids = patch_tokens = None
+    if inputs.encoder is not None:
+        patch_ids, patch_tokens = scene_patches(inputs.scenes, inputs.indices, inputs.encoder)
+        patch_tokens = patch_tokens.to(device)
+    scenes = TaggedScenes(inputs.scenes, inputs.indices, inputs.label_map, superpoint_ids, patch_ids)
     transform = step_transform(recipe, inputs.memory)
 
     def schedule_for(epoch: int) -> list[tuple[int, ...]]:
@@ -694,7 +765,7 @@ def _train(opts: IncrementalOptions, setup: RunSetup[IncrementalRecipe], inputs:
             yield collate_step(samples, tags, device)
 
     loss_fn = StepLoss(recipe, old_model, base.datasets.index(dataset), len(inputs.old_classes),
-                       len(inputs.new_classes), opts.seed, steps_per_epoch)
+                       len(inputs.new_classes), opts.seed, steps_per_epoch, patch_tokens)
     steps = {k: [list(s) for s in v] for k, v in base.steps.items()}
     steps[dataset] = steps.get(dataset, []) + [list(inputs.new_classes)]
     base_classes = dict(base.base_classes)

@@ -15,13 +15,17 @@ from pptkit.errors import InputError
 from pptkit.stages import incremental as incremental_module
 from pptkit.stages.evaluate import EvalOptions, run_eval
 from pptkit.stages.incremental import IncrementalOptions, run_incremental
+from pptkit.stages.finetune import load_backbone
 from pptkit.stages.joint_train import JointTrainOptions, run_joint_train
+from pptkit.stages.pretrain import PretrainOptions, run_pretrain
 from tests.conftest import run_cli
 from tests.stages.conftest import TINY
+from tests.stages.test_pretrain import TINY as PRETRAIN_TINY
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_RECIPE = ROOT / "recipes" / "incr-base-tiny.toml"
 RECIPE = ROOT / "recipes" / "incr-tiny.toml"
+ACT_RECIPE = ROOT / "recipes" / "act-tiny.toml"
 pytestmark = pytest.mark.slow
 
 MODEL = [o for o in TINY if o.startswith("model.")]
@@ -186,6 +190,61 @@ def test_bounds_and_ablations_run_through_the_same_command(steps, tmp_path, over
     run_incremental(options(steps, run, memory=0, memory_data=None, overrides=[*STEP, "train.epochs=1", *overrides]))
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
     assert not (run / "memory.pt").exists()
+
+
+@pytest.fixture(scope="module")
+def scene_encoder(steps) -> Path:
+    """A one-epoch Point-MAE run on 256-point crops of the base rooms, 24 channels wide (the base
+    model's features are narrower, so the refinement's feature width tells which it used)."""
+    run = steps["root"] / "mae"
+    run_pretrain(PretrainOptions(recipe=ACT_RECIPE, data=[steps["base_store"]], out=run, stage="mae", crop=256,
+                                 device="cpu", overrides=[*PRETRAIN_TINY, "encoder.embed_dim=24",
+                                                          "mae.batch_size=2", "train.epochs=1"]))
+    return run
+
+
+def test_encoder_gives_the_refinement_its_features_and_joins_the_fingerprint(steps, scene_encoder, tmp_path,
+                                                                             monkeypatch):
+    widths = []
+    real_refine = incremental_module.refine_masks
+
+    def spy(scores, tagged, feats, *args, **kwargs):
+        widths.append(feats.shape[1])
+        return real_refine(scores, tagged, feats, *args, **kwargs)
+
+    monkeypatch.setattr(incremental_module, "refine_masks", spy)
+    run = tmp_path / "run"
+    run_incremental(options(steps, run, encoder=scene_encoder, overrides=[*STEP, "train.epochs=1"]))
+    assert widths and set(widths) == {24}
+    saved = torch.load(run / "last.pt", weights_only=True)["incremental"]["inputs"]
+    assert saved["encoder"] == load_backbone(scene_encoder).digest
+    with pytest.raises(InputError, match="--encoder differ from the checkpoint's"):
+        run_incremental(options(steps, run, resume=True, overrides=[*STEP, "train.epochs=1"]))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("objects", "holds an encoder pretrained on objects; the refinement reads whole rooms"),
+    ("no-refine", "--encoder: is given but the recipe does not refine masks"),
+    ("not-a-pretrain-run", "holds no 'encoder' state dict"),
+])
+def test_bad_encoder_is_one_line_exit_2_and_writes_nothing(steps, scene_encoder, tmp_path, case, message):
+    encoder, extra = scene_encoder, []
+    if case == "objects":  # the same run, as if pretrained on objects (no crop recorded)
+        checkpoint = torch.load(scene_encoder / "last.pt", weights_only=True)
+        del checkpoint["crop"]
+        encoder = tmp_path / "objects.pt"
+        torch.save(checkpoint, encoder)
+    elif case == "no-refine":
+        extra = ["--set", "refine.enabled=false"]
+    else:
+        encoder = steps["base"]
+    result = run_cli("incremental", "--recipe", RECIPE, "--base", steps["base"], "--data", steps["train"],
+                     "--new-classes", ",".join(steps["step1"]), "--tags-from-labels", "--encoder", encoder,
+                     "--out", tmp_path / "run", "--device", "cpu", *extra)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
 
 
 def test_disjoint_setting_drops_scenes_holding_a_future_class(steps, tmp_path):
