@@ -345,7 +345,8 @@ def report(results: list[dict], scale: Scale, minutes: float) -> str:
         f"{scale.test_rooms} test rooms (every original point); {scale.grid * 100:g} cm voxels; base "
         f"{scale.base_epochs} epochs, each step {scale.step_epochs} epochs at lr {scale.step_lr:g}; memory "
         f"{scale.memory} instances per old class; the recipes' model; the --encoder row's Point-MAE (act-tiny) "
-        f"pretrained {scale.encoder_epochs} epochs on {ENCODER_CROP}-point crops of the base rooms. mIoU %, mean ± std over seeds {seeds}; "
+        f"pretrained {scale.encoder_epochs} epochs on {ENCODER_CROP}-point crops of the base rooms. "
+        f"mIoU %, mean ± std over seeds {seeds}; "
         f"{minutes:.1f} min on {platform.machine()} ({os.cpu_count()} cores).", "",
         f"Base model alone (15 classes): base mIoU {mean_std([r['base_model']['base'] for r in results])}, scored "
         "with the new classes' points left out (it cannot name them); the table below scores them too, so a point of "
@@ -398,7 +399,7 @@ def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step-lr", type=float, default=0.05, help="peak learning rate of every step")
     parser.add_argument("--memory", type=int, default=4, help="--memory B: instances per old class")
     parser.add_argument("--encoder-epochs", type=int, default=150,
-                        help="Point-MAE pretraining epochs on the base rooms (one crop of each per epoch, batches of 8)")
+                        help="Point-MAE epochs on the base rooms (one crop of each per epoch, batches of 8)")
 
 
 def scale_from(args: argparse.Namespace) -> Scale:
