@@ -18,7 +18,6 @@ backbone file serves many small task files and `pptkit eval` refuses a task over
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 from pptkit.config import from_dict, to_dict, to_toml
 from pptkit.data.store import open_store
 from pptkit.data.transforms import Compose, RandomRotate, RandomScale, RandomShift
-from pptkit.engine.checkpoint import find_checkpoint, load_checkpoint
+from pptkit.engine.checkpoint import find_checkpoint, load_checkpoint, state_digest
 from pptkit.engine.distributed import DistInfo, all_reduce_sum, cleanup
 from pptkit.engine.object_batches import PointBatch, PointBatches, PointSource, epoch_batches, ordered_batches, point_loader
 from pptkit.engine.setup import RunOptions, RunSetup, open_run
@@ -78,16 +77,6 @@ class Backbone:
     digest: str  # state_digest(state)
     crop: int | None = None  # points per scene crop it was pretrained on (None: objects)
     num_points: int | None = None  # points per pretraining sample, when the file records it
-
-
-def state_digest(state: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 over a state dict's entries in sorted key order: name, dtype, shape and bytes."""
-    digest = hashlib.sha256()
-    for key in sorted(state):
-        tensor = state[key].detach().cpu().contiguous()
-        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def load_backbone(path: Path) -> Backbone:

@@ -18,7 +18,6 @@ checkpoints hold the student encoder's state dict under "encoder" (the key layou
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ import torch
 
 from pptkit.config import from_dict, to_dict, to_toml
 from pptkit.data.transforms import Compose, RandomRotate, RandomScale, RandomShift
-from pptkit.engine.checkpoint import load_checkpoint
+from pptkit.engine.checkpoint import load_checkpoint, state_digest
 from pptkit.engine.distributed import all_reduce_sum, cleanup
 from pptkit.engine.object_batches import (
     PointBatch,
@@ -213,16 +212,6 @@ def _autoencoder_checkpoint(run_dir: Path) -> dict[str, Any]:
         raise InputError(f"the autoencoder run stopped after epoch {checkpoint['epoch']} of {epochs}; "
                          "finish it with --resume first", run_dir)
     return checkpoint
-
-
-def state_digest(state: dict[str, torch.Tensor]) -> str:
-    """SHA-256 of a state dict's names, dtypes, shapes and values (order independent)."""
-    digest = hashlib.sha256()
-    for key in sorted(state):
-        tensor = state[key].detach().cpu().contiguous()
-        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _stage_section(recipe: ACTRecipe, stage: str):
