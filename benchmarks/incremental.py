@@ -236,6 +236,14 @@ def run_seed(seed: int, work: Path, scale: Scale) -> dict:
     return result
 
 
+def new_class_truth(segment: np.ndarray, new_labels: list[int]) -> np.ndarray:
+    """(N,) int16: each point's index among the new classes (store labels `new_labels`), -1 if old."""
+    truth = np.full(len(segment), -1, dtype=np.int16)
+    for k, c in enumerate(new_labels):
+        truth[segment == c] = k
+    return truth
+
+
 def diagnose_masks(run: Path, base: Path, store: Path, new: list[str], grid: float, seed: int) -> dict[str, float]:
     """IoU (%) of each pseudo-mask stage with the step rooms' ground truth, averaged over the new
     classes present, from a trained step's activation and teacher heads (no augmentation)."""
@@ -282,15 +290,13 @@ def diagnose_masks(run: Path, base: Path, store: Path, new: list[str], grid: flo
     r = recipe.refine
     for i in range(len(scenes)):
         raw = scenes[i]
-        truth = np.full(len(raw["segment"]), -1)
-        for k, c in enumerate(new_labels):
-            truth[raw["segment"] == c] = k
+        truth = new_class_truth(raw["segment"], new_labels)
         tags = np.array([(truth == k).any() for k in range(num_new)])
         if not tags.any():
             continue
         sp = superpoints(raw["coord"], raw["normal"], raw["color"], r.superpoint_grid or grid, r.superpoint_k,
                          r.superpoint_colour_weight, r.superpoint_min_size)
-        sample = eval_transforms(grid)({**raw, "segment": truth.astype(np.int16), "superpoint": sp},
+        sample = eval_transforms(grid)({**raw, "segment": truth, "superpoint": sp},
                                        np.random.default_rng(0))
         batch = collate_step([sample], tags[None], torch.device("cpu"))
         gt = batch.target.numpy()

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from incremental import NEW, RESULTS, STEP_RECIPE, add_scale_arguments, prepare_seed, scale_from, write_results
+from incremental import (NEW, RESULTS, STEP_RECIPE, add_scale_arguments, new_class_truth, prepare_seed, scale_from,
+                         write_results)
 
 
 def step_voxels(base: Path, store: Path, grid: float) -> dict[str, np.ndarray]:
@@ -47,9 +48,7 @@ def step_voxels(base: Path, store: Path, grid: float) -> dict[str, np.ndarray]:
     parts: dict[str, list[np.ndarray]] = {"feats": [], "u": [], "truth": [], "room": []}
     for i in range(len(scenes)):
         raw = scenes[i]
-        truth = np.full(len(raw["segment"]), -1, dtype=np.int16)
-        for k, c in enumerate(new_labels):
-            truth[raw["segment"] == c] = k
+        truth = new_class_truth(raw["segment"], new_labels)
         sample = eval_transforms(grid)({**raw, "segment": truth, "superpoint": np.zeros(len(truth), np.int64)},
                                        np.random.default_rng(0))
         batch = collate_step([sample], np.ones((1, len(NEW)), bool), torch.device("cpu"))

@@ -103,15 +103,20 @@ def load_backbone(path: Path) -> Backbone:
                     crop if isinstance(crop, int) else None, num_points if isinstance(num_points, int) else None)
 
 
-def build_encoder(encoder_config: Mapping[str, Any], recipe: FinetuneRecipe, where: Path) -> PointTransformerEncoder:
-    """The encoder of `encoder_config` with the recipe's patches and drop-path (its weights do not
-    depend on them); InputError naming `where` when the config cannot build one."""
-    kwargs = {**encoder_config, "drop_path_rate": recipe.model.drop_path_rate,
-              "num_groups": recipe.patches.num_groups, "group_size": recipe.patches.group_size}
+def encoder_from_config(encoder_config: Mapping[str, Any], where: Path, **overrides: Any) -> PointTransformerEncoder:
+    """The encoder of `encoder_config` (with `overrides`); InputError naming `where` when the
+    config cannot build one."""
     try:
-        return PointTransformerEncoder(**kwargs)
+        return PointTransformerEncoder(**{**encoder_config, **overrides})
     except (TypeError, ValueError) as error:
         raise InputError(f"cannot build the encoder: {error}", where, where="encoder_config") from None
+
+
+def build_encoder(encoder_config: Mapping[str, Any], recipe: FinetuneRecipe, where: Path) -> PointTransformerEncoder:
+    """The encoder of `encoder_config` with the recipe's patches and drop-path (its weights do not
+    depend on them)."""
+    return encoder_from_config(encoder_config, where, drop_path_rate=recipe.model.drop_path_rate,
+                               num_groups=recipe.patches.num_groups, group_size=recipe.patches.group_size)
 
 
 def load_encoder_state(encoder: PointTransformerEncoder, backbone: Backbone) -> None:

@@ -78,7 +78,7 @@ from pptkit.models.pseudo_masks import (
 )
 from pptkit.progress import console, track
 from pptkit.sparse import SparseTensor, sparse_collate
-from pptkit.stages.finetune import load_backbone, load_encoder_state
+from pptkit.stages.finetune import encoder_from_config, load_backbone, load_encoder_state
 from pptkit.stages.incr_recipe import IncrementalRecipe
 from pptkit.stages.ppt_model import build_model, text_embeddings
 from pptkit.stages.ppt_recipe import ModelConfig, PPTRecipe
@@ -295,10 +295,7 @@ def load_affinity_encoder(path: Path) -> AffinityEncoder:
                          "pretrained on scene crops (pptkit pretrain --crop N)", backbone.path)
     if backbone.num_points is None:
         raise InputError("does not record the encoder's points per crop", backbone.path, where="config.data.num_points")
-    try:
-        model = PointTransformerEncoder(**backbone.config)
-    except (TypeError, ValueError) as error:
-        raise InputError(f"cannot build the encoder: {error}", backbone.path, where="encoder_config") from None
+    model = encoder_from_config(backbone.config, backbone.path)
     load_encoder_state(model, backbone)
     return AffinityEncoder(model.requires_grad_(False).eval(), backbone.crop, backbone.num_points, backbone.digest)
 
@@ -419,15 +416,16 @@ def scene_superpoints(scenes: SceneDataset, indices: list[int], recipe: Incremen
     return out
 
 
-def scene_patches(scenes: SceneDataset, indices: list[int], encoder: AffinityEncoder
+def scene_patches(scenes: SceneDataset, indices: list[int], encoder: AffinityEncoder, device: torch.device
                   ) -> tuple[list[np.ndarray], torch.Tensor]:
     """Each training scene's stored rows' patch ids (numbered across the scenes) and the patch
-    tokens (P, C) of the frozen encoder over the un-augmented room (deterministic, computed once)."""
+    tokens (P, C, on `device`) of the frozen encoder over the un-augmented room (computed once)."""
+    model = encoder.model.to(device)
     ids, tokens, offset = [], [], 0
     for i in track(indices, "encoder features", total=len(indices)):
-        coord = torch.from_numpy(np.asarray(scenes[i]["coord"], dtype=np.float32))
-        patch, table = room_patch_features(encoder.model, coord, encoder.crop, encoder.num_points)
-        ids.append(patch.numpy() + offset)
+        coord = torch.from_numpy(np.asarray(scenes[i]["coord"], dtype=np.float32)).to(device)
+        patch, table = room_patch_features(model, coord, encoder.crop, encoder.num_points)
+        ids.append(patch.cpu().numpy() + offset)
         tokens.append(table)
         offset += table.shape[0]
     return ids, torch.cat(tokens)
@@ -740,8 +738,7 @@ def _train(opts: IncrementalOptions, setup: RunSetup[IncrementalRecipe], inputs:
     superpoint_ids = scene_superpoints(inputs.scenes, inputs.indices, recipe) if needs_superpoints else None
     patch_ids = patch_tokens = None
     if inputs.encoder is not None:
-        patch_ids, patch_tokens = scene_patches(inputs.scenes, inputs.indices, inputs.encoder)
-        patch_tokens = patch_tokens.to(device)
+        patch_ids, patch_tokens = scene_patches(inputs.scenes, inputs.indices, inputs.encoder, device)
     scenes = TaggedScenes(inputs.scenes, inputs.indices, inputs.label_map, superpoint_ids, patch_ids)
     transform = step_transform(recipe, inputs.memory)
 
